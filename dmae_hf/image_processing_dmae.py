@@ -1,0 +1,112 @@
+# Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
+"""Image processor for DMAE models: PIL and NumPy only (no torchvision), no normalisation."""
+
+import numpy as np
+from PIL import Image
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+class DMAEImageProcessor(BaseImageProcessor):
+    r"""
+    Turns images into `pixel_values` in **[0, 1]**: RGB conversion, optional resize of the shortest edge and center
+    crop (ImageNet: 256 bicubic, then 224), rescale by 1/255. It does **not** normalise: DMAE models add the
+    smoothing noise in [0, 1] pixel space and normalise inside the model.
+
+    Accepts PIL images (any mode: grayscale, RGBA, CMYK, palette and 16-bit images are converted to 8-bit RGB),
+    `uint8` arrays (H, W), (H, W, 3|4) or (3|4, H, W), float arrays in [0, 1], and lists of them.
+
+    Args:
+        do_resize (`bool`): resize the shortest edge to `resize_shortest_edge` (bicubic by default).
+        resize_shortest_edge (`int`): 256 for ImageNet.
+        do_center_crop (`bool`) / crop_size (`int`): 224 for ImageNet.
+        resample (`str`): "bicubic", "bilinear" or "nearest".
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, do_resize=True, resize_shortest_edge=256, do_center_crop=True, crop_size=224,
+                 resample="bicubic", **kwargs):
+        super().__init__(**kwargs)
+        if resample not in _RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}.")
+        self.do_resize = do_resize
+        self.resize_shortest_edge = resize_shortest_edge
+        self.do_center_crop = do_center_crop
+        self.crop_size = crop_size
+        self.resample = resample
+
+    @classmethod
+    def for_cifar10(cls) -> "DMAEImageProcessor":
+        """The CIFAR-10 transfers' processor: 32x32 images as they are, only rescaled."""
+        return cls(do_resize=False, do_center_crop=False, crop_size=32)
+
+    def to_pil(self, image) -> Image.Image:
+        """Any supported input as an 8-bit RGB PIL image, or a `ValueError` that names the problem."""
+        if isinstance(image, Image.Image):
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: keep the top 8 bits
+                arr = np.asarray(image, dtype=np.float64)
+                scale = 65535.0 if arr.max() > 255 or image.mode.startswith("I;16") else 255.0
+                image = Image.fromarray(np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            elif image.mode == "F":
+                raise ValueError("Float ('F' mode) PIL images are not supported; pass a float array in [0, 1].")
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(background, image)
+            return image.convert("RGB")
+        if hasattr(image, "numpy") and not isinstance(image, np.ndarray):  # torch tensor
+            image = image.detach().cpu().numpy()
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"Unsupported image type {type(image).__name__}; pass a PIL image or a numpy array.")
+        arr = image
+        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+            arr = np.moveaxis(arr, 0, -1)  # channels first -> last
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+            raise ValueError(f"Unsupported image array shape {arr.shape}: expected (H, W), (H, W, 3|4) or (3|4, H, W).")
+        if np.issubdtype(arr.dtype, np.floating):
+            if not np.isfinite(arr).all():
+                raise ValueError("Image array contains NaN or Inf values.")
+            if arr.min() < 0 or arr.max() > 1:
+                raise ValueError(f"Float image arrays must be in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}].")
+            arr = np.round(arr * 255.0).astype(np.uint8)
+        elif arr.dtype == np.uint16:
+            arr = (arr >> 8).astype(np.uint8)
+        elif arr.dtype != np.uint8:
+            raise ValueError(f"Unsupported image dtype {arr.dtype}: use uint8, uint16 or float in [0, 1].")
+        mode = {2: "L", 3: "RGB", 4: "RGBA"}[1 if arr.ndim == 2 else arr.shape[-1]] if arr.ndim == 3 else "L"
+        return self.to_pil(Image.fromarray(arr, mode=mode))
+
+    def process_one(self, image) -> np.ndarray:
+        """One image -> float32 array (3, H, W) in [0, 1]."""
+        image = self.to_pil(image)
+        if self.do_resize:
+            w, h = image.size
+            scale = self.resize_shortest_edge / min(w, h)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            image = image.resize(size, _RESAMPLE[self.resample])
+        if self.do_center_crop:
+            w, h = image.size
+            c = self.crop_size
+            if w < c or h < c:
+                raise ValueError(f"Image of {w}x{h} is smaller than the crop size {c}; enable do_resize.")
+            left, top = int(round((w - c) / 2.0)), int(round((h - c) / 2.0))
+            image = image.crop((left, top, left + c, top + c))
+        return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+    def preprocess(self, images, return_tensors="pt", **kwargs) -> BatchFeature:
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("No images given.")
+        arrays = [self.process_one(image) for image in images]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise ValueError(f"Images have different sizes after processing {sorted(shapes)}; enable resize and crop.")
+        return BatchFeature(data={"pixel_values": np.stack(arrays)}, tensor_type=return_tensors)
+
+
+__all__ = ["DMAEImageProcessor"]

@@ -1,0 +1,773 @@
+# Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
+# Architecture after facebookresearch/mae `models_mae.py` and quanlin-wu/dmae `models_dmae.py` / `models_vit.py`.
+"""PyTorch DMAE: denoising masked autoencoder pre-training and the smoothed classifier fine-tuned from it."""
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_dmae import DMAEConfig
+
+
+# Clean images must look like [0, 1] pixels; anything beyond this margin is almost surely 0-255 or pre-normalised.
+PIXEL_RANGE_MARGIN = 0.5
+
+
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, add_cls_token: bool = True) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position table of MAE (`util/pos_embed.py`), shape `(1, [1 +] grid_size**2, embed_dim)`.
+
+    Half of the channels encode the row index and half the column index, each as `[sin(p * w_k), cos(p * w_k)]`
+    with `w_k = 1 / 10000 ** (k / (D / 4))`. The CLS row is zero.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {embed_dim}.")
+    grid_h = np.arange(grid_size, dtype=np.float64)
+    grid_w = np.arange(grid_size, dtype=np.float64)
+    grid = np.stack(np.meshgrid(grid_w, grid_h), axis=0).reshape(2, -1)  # w goes first, as in MAE
+
+    omega = 1.0 / 10000 ** (np.arange(embed_dim // 4, dtype=np.float64) / (embed_dim / 4.0))
+
+    def encode(pos):
+        out = np.einsum("m,d->md", pos, omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    table = np.concatenate([encode(grid[0]), encode(grid[1])], axis=1)
+    if add_cls_token:
+        table = np.concatenate([np.zeros([1, embed_dim]), table], axis=0)
+    return torch.from_numpy(table).float().unsqueeze(0)
+
+
+def add_gaussian_noise(pixel_values: torch.Tensor, sigma: float, generator: torch.Generator | None = None):
+    """`x + N(0, sigma^2 I)` drawn in float32 in [0, 1] pixel space: the one noise sampler of the package."""
+    noise = torch.randn(pixel_values.shape, generator=generator, device=pixel_values.device, dtype=torch.float32)
+    return pixel_values.float() + sigma * noise
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, clean: bool) -> None:
+    """Raise a `ValueError` for inputs no DMAE model accepts.
+
+    Always: rank other than 4 or a channel count other than `num_channels`. For clean images (`clean=True`, the
+    input of pre-training, training and certification, but not the noisy batches the base classifier sees when it is
+    smoothed): NaN/Inf pixels and values outside [-0.5, 1.5], which betray 0-255 or already-normalised inputs.
+    """
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must have shape (batch, channels, height, width); got rank {pixel_values.ndim} "
+            f"with shape {tuple(pixel_values.shape)}."
+        )
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {num_channels} "
+            "(convert grayscale or RGBA images to RGB with DMAEImageProcessor)."
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be a floating-point tensor in [0, 1], got dtype {pixel_values.dtype}.")
+    if clean:
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError("pixel_values contains NaN or Inf values.")
+        lo, hi = pixel_values.min().item(), pixel_values.max().item()
+        if lo < -PIXEL_RANGE_MARGIN or hi > 1 + PIXEL_RANGE_MARGIN:
+            raise ValueError(
+                f"pixel_values must be in [0, 1] pixel space (got values in [{lo:.3g}, {hi:.3g}]). DMAE models "
+                "normalise inside the model: pass images rescaled by 1/255 and not normalised."
+            )
+
+
+@dataclass
+class DMAEModelOutput(ModelOutput):
+    """
+    Output of [`DMAEModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_visible_patches, hidden_size)`):
+            Encoder output (after the final LayerNorm when the model has one).
+        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`): 0 = kept, 1 = removed; `None` unmasked.
+        ids_restore (`torch.LongTensor` of shape `(batch_size, num_patches)`): un-shuffling indices; `None` unmasked.
+        hidden_states (`tuple(torch.FloatTensor)`): embeddings and the output of every block, when requested.
+        attentions (`tuple(torch.FloatTensor)`): attention weights of every block (eager attention only).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class DMAEForPreTrainingOutput(ModelOutput):
+    """
+    Output of [`DMAEForPreTraining`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`): the DMAE loss, MSE against the clean image over all patches.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_size**2 * num_channels)`):
+            per-patch reconstruction (in normalised-pixel units, per-patch normalised when `norm_pix_loss`).
+        mask (`torch.FloatTensor` of shape `(batch_size, num_patches)`): 0 = visible to the encoder, 1 = masked.
+        ids_restore (`torch.LongTensor` of shape `(batch_size, num_patches)`): un-shuffling indices.
+        hidden_states, attentions: of the encoder, when requested.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class DMAEPatchEmbeddings(nn.Module):
+    """Image to patch tokens: a `patch_size` x `patch_size` convolution with stride `patch_size`."""
+
+    def __init__(self, config: DMAEConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"Input size ({height}x{width}) is not a multiple of the patch size {self.patch_size}.")
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class DMAEEmbeddings(nn.Module):
+    """Patch embeddings + position embeddings (+ random masking in pre-training) + CLS token."""
+
+    def __init__(self, config: DMAEConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embeddings = DMAEPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        # Fixed sin-cos in pre-training; DMAEForSmoothedClassification makes it trainable, as timm's ViT does.
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, config.num_patches + 1, config.hidden_size), requires_grad=False
+        )
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """Position table for a `height` x `width` input: the patch grid resized bicubically (CLS row kept)."""
+        pos = self.position_embeddings
+        grid = int(math.sqrt(pos.shape[1] - 1))
+        new_h, new_w = height // self.config.patch_size, width // self.config.patch_size
+        if (new_h, new_w) == (grid, grid):
+            return pos
+        patch_pos = pos[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos.float(), size=(new_h, new_w), mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, new_h * new_w, -1)
+        return torch.cat([pos[:, :1], patch_pos], dim=1)
+
+    def random_masking(self, sequence: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        """Per-sample random masking by argsort of uniform noise (MAE): the `len_keep` smallest noises are kept.
+
+        Returns the kept tokens `(B, len_keep, D)`, the binary mask `(B, L)` (0 keep, 1 remove) in the original
+        order, and `ids_restore` `(B, L)`. `len_keep = int(L * (1 - mask_ratio))`.
+        """
+        batch_size, seq_length, dim = sequence.shape
+        len_keep = int(seq_length * (1 - mask_ratio))
+        if noise is None:
+            noise = torch.rand(batch_size, seq_length, device=sequence.device)
+        elif noise.shape != (batch_size, seq_length):
+            raise ValueError(f"Masking noise must have shape {(batch_size, seq_length)}, got {tuple(noise.shape)}.")
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :len_keep]
+        kept = torch.gather(sequence, dim=1, index=ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+        mask = torch.ones(batch_size, seq_length, device=sequence.device)
+        mask[:, :len_keep] = 0
+        mask = torch.gather(mask, dim=1, index=ids_restore)
+        return kept, mask, ids_restore
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        mask_ratio: float | None = None,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ):
+        height, width = pixel_values.shape[-2:]
+        embeddings = self.patch_embeddings(pixel_values)
+        pos = self.interpolate_pos_encoding(height, width) if interpolate_pos_encoding else self.position_embeddings
+        if pos.shape[1] - 1 != embeddings.shape[1]:
+            raise ValueError(
+                f"Input of {height}x{width} gives {embeddings.shape[1]} patches but the position table has "
+                f"{pos.shape[1] - 1}; pass interpolate_pos_encoding=True to use another resolution."
+            )
+        embeddings = embeddings + pos[:, 1:]
+        mask = ids_restore = None
+        if mask_ratio is not None:
+            embeddings, mask, ids_restore = self.random_masking(embeddings, mask_ratio, noise)
+        cls_tokens = (self.cls_token + pos[:, :1]).expand(embeddings.shape[0], -1, -1)
+        return torch.cat([cls_tokens, embeddings], dim=1), mask, ids_restore
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    """softmax(q k^T * scaling) v with the softmax in float32; returns `(B, L, H, D)` output and the weights."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class DMAEAttention(nn.Module):
+    """Multi-head self-attention with a fused `qkv` projection (rows `[q; k; v]`, as timm's `Attention`)."""
+
+    def __init__(self, config: DMAEConfig, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        batch_size, seq_length, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).reshape(batch_size, seq_length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation not in (None, "eager") and not output_attentions:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            scaling=self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0,
+        )
+        attn_output = self.proj(attn_output.reshape(batch_size, seq_length, -1))
+        return attn_output, attn_weights
+
+
+class DMAEMLP(nn.Module):
+    def __init__(self, config: DMAEConfig, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
+
+
+class DMAEDropPath(nn.Module):
+    """Stochastic depth: zero a sample's residual branch with probability `drop_prob`, rescale the rest."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        random_tensor = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * random_tensor / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class DMAELayer(GradientCheckpointingLayer):
+    """The one pre-norm ViT block of the package (timm `Block`), used by the encoder and the decoder."""
+
+    def __init__(self, config: DMAEConfig, hidden_size: int, num_heads: int, intermediate_size: int, drop_path=0.0):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.attention = DMAEAttention(config, hidden_size, num_heads)
+        self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = DMAEMLP(config, hidden_size, intermediate_size)
+        self.drop_path = DMAEDropPath(drop_path)
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        attn_output, attn_weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
+        hidden_states = hidden_states + self.drop_path(attn_output)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
+        return hidden_states, attn_weights
+
+
+def run_layers(layers, hidden_states, output_hidden_states=False, output_attentions=False):
+    """Apply a stack of `DMAELayer`s, collecting hidden states and attention weights when asked."""
+    all_hidden_states = (hidden_states,) if output_hidden_states else None
+    all_attentions = () if output_attentions else None
+    for layer in layers:
+        hidden_states, attn_weights = layer(hidden_states, output_attentions)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        if output_attentions:
+            all_attentions += (attn_weights,)
+    return hidden_states, all_hidden_states, all_attentions
+
+
+class DMAEPreTrainedModel(PreTrainedModel):
+    config: DMAEConfig
+    config_class = DMAEConfig
+    base_model_prefix = "dmae"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DMAEEmbeddings", "DMAELayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """MAE's initialisation: xavier-uniform Linear weights and patch projection, zero biases, unit LayerNorms,
+        normal(0.02) CLS and mask tokens, fixed 2-D sin-cos position tables with a zero CLS row."""
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, DMAEPatchEmbeddings):
+            weight = module.projection.weight
+            # xavier_uniform on the (out, in * k * k) view of the convolution, as in MAE
+            bound = math.sqrt(6.0 / (weight.shape[0] + weight[0].numel()))
+            init.uniform_(weight, -bound, bound)
+            init.zeros_(module.projection.bias)
+        elif isinstance(module, DMAEEmbeddings):
+            init.normal_(module.cls_token, std=self.config.initializer_range)
+            grid = int(math.sqrt(module.position_embeddings.shape[1] - 1))
+            init.copy_(module.position_embeddings, get_2d_sincos_pos_embed(module.position_embeddings.shape[-1], grid))
+        elif isinstance(module, DMAEDecoder):
+            init.normal_(module.mask_token, std=self.config.initializer_range)
+            grid = int(math.sqrt(module.decoder_pos_embed.shape[1] - 1))
+            init.copy_(module.decoder_pos_embed, get_2d_sincos_pos_embed(module.decoder_pos_embed.shape[-1], grid))
+        elif isinstance(module, DMAEForSmoothedClassification):
+            init.trunc_normal_(module.classifier.weight, std=2e-5)  # MAE fine-tuning head init
+            init.zeros_(module.classifier.bias)
+
+    def preprocess_pixels(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """[0,1] pixels -> model input: bicubic resize to `image_size` when needed (unless
+        `interpolate_pos_encoding`), then normalisation with `image_mean` / `image_std`.
+
+        The resize is torch's bicubic (a = -0.75, align_corners=False, no antialias), as the official CIFAR-10
+        transfer applies it to the *noisy* 32x32 image, so it is part of the (smoothed) base classifier.
+        """
+        size = self.config.image_size
+        if not interpolate_pos_encoding and tuple(pixel_values.shape[-2:]) != (size, size):
+            pixel_values = F.interpolate(pixel_values, size=(size, size), mode="bicubic", align_corners=False)
+        mean = torch.tensor(self.config.image_mean, device=pixel_values.device, dtype=pixel_values.dtype)
+        std = torch.tensor(self.config.image_std, device=pixel_values.device, dtype=pixel_values.dtype)
+        return (pixel_values - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+class DMAEModel(DMAEPreTrainedModel):
+    """The DMAE ViT encoder. It takes [0,1] pixels and resizes and normalises them itself (`preprocess_pixels`)."""
+
+    def __init__(self, config: DMAEConfig, add_final_layernorm: bool = True):
+        super().__init__(config)
+        self.config = config
+        self.embeddings = DMAEEmbeddings(config)
+        dpr = np.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()  # stochastic depth decay rule
+        self.layers = nn.ModuleList(
+            DMAELayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size, dpr[i])
+            for i in range(config.num_hidden_layers)
+        )
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if add_final_layernorm else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> DMAEPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        mask_ratio: float | None = None,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DMAEModelOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images in [0, 1] pixel space (noise, if any, already added). Resized and normalised inside.
+        mask_ratio (`float`, *optional*):
+            When given, keep only `int(L * (1 - mask_ratio))` random patches (pre-training); `None` keeps all.
+        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Uniform noise that decides the masking (argsort, smallest kept), for reproducible masks.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        check_pixel_values(pixel_values, self.config.num_channels, clean=False)
+        if mask_ratio is not None and not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
+
+        pixel_values = self.preprocess_pixels(pixel_values, interpolate_pos_encoding)
+        embeddings, mask, ids_restore = self.embeddings(pixel_values, mask_ratio, noise, interpolate_pos_encoding)
+        hidden_states, all_hidden_states, all_attentions = run_layers(
+            self.layers, embeddings, output_hidden_states, output_attentions
+        )
+        if self.layernorm is not None:
+            hidden_states = self.layernorm(hidden_states)
+        if not return_dict:
+            return tuple(v for v in (hidden_states, mask, ids_restore, all_hidden_states, all_attentions) if v is not None)
+        return DMAEModelOutput(
+            last_hidden_state=hidden_states,
+            mask=mask,
+            ids_restore=ids_restore,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+
+class DMAEDecoder(nn.Module):
+    """MAE's lightweight decoder: embed visible tokens, re-insert mask tokens, add fixed positions, 8 blocks,
+    LayerNorm and a linear map to `patch_size**2 * num_channels` pixels per patch."""
+
+    def __init__(self, config: DMAEConfig):
+        super().__init__()
+        self.config = config
+        dim = config.decoder_hidden_size
+        self.decoder_embed = nn.Linear(config.hidden_size, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, dim), requires_grad=False)
+        self.decoder_layers = nn.ModuleList(
+            DMAELayer(config, dim, config.decoder_num_attention_heads, config.decoder_intermediate_size)
+            for _ in range(config.decoder_num_hidden_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.decoder_pred = nn.Linear(dim, config.patch_size**2 * config.num_channels)
+
+    def interpolate_pos_encoding(self, num_patches: int) -> torch.Tensor:
+        pos = self.decoder_pos_embed
+        if num_patches == pos.shape[1] - 1:
+            return pos
+        grid, new = int(math.sqrt(pos.shape[1] - 1)), int(math.sqrt(num_patches))
+        patch_pos = pos[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos.float(), size=(new, new), mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, new * new, -1)
+        return torch.cat([pos[:, :1], patch_pos], dim=1)
+
+    def forward(self, hidden_states: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        x = self.decoder_embed(hidden_states)
+        num_masked = ids_restore.shape[1] + 1 - x.shape[1]
+        mask_tokens = self.mask_token.expand(x.shape[0], num_masked, -1)
+        x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)
+        x_ = torch.gather(x_, dim=1, index=ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+        x = torch.cat([x[:, :1], x_], dim=1)
+        x = x + self.interpolate_pos_encoding(ids_restore.shape[1])
+        x, _, _ = run_layers(self.decoder_layers, x)
+        x = self.decoder_pred(self.decoder_norm(x))
+        return x[:, 1:]
+
+
+class DMAEForPreTraining(DMAEPreTrainedModel):
+    """DMAE pre-training: Gaussian noise in [0,1] pixel space, 75% random masking, reconstruction of the clean image.
+
+    Loss (`models_dmae.py`): with `x` the clean image, `x~ = x + N(0, noise_sigma^2 I)` and `pred = D(E(mask(x~)))`,
+    `loss = mean over all patches and pixels of (pred - t)^2`, where `t = patchify(normalise(x))`, per-patch
+    standardised (`(t - mean) / sqrt(var + 1e-6)`, unbiased var) when `norm_pix_loss`.
+    """
+
+    def __init__(self, config: DMAEConfig):
+        super().__init__(config)
+        self.config = config
+        self.dmae = DMAEModel(config)
+        self.decoder = DMAEDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> DMAEPatchEmbeddings:
+        return self.dmae.embeddings.patch_embeddings
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(N, C, H, W)` -> `(N, L, p*p*C)`, channel-last inside each patch (MAE's `einsum('nchpwq->nhwpqc')`)."""
+        p, c = self.config.patch_size, self.config.num_channels
+        n, _, height, width = pixel_values.shape
+        h, w = height // p, width // p
+        x = pixel_values.reshape(n, c, h, p, w, p)
+        x = torch.einsum("nchpwq->nhwpqc", x)
+        return x.reshape(n, h * w, p * p * c)
+
+    def unpatchify(self, patches: torch.Tensor, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """`(N, L, p*p*C)` -> `(N, C, H, W)`; square images unless `image_size` is given."""
+        p, c = self.config.patch_size, self.config.num_channels
+        n, length, _ = patches.shape
+        height, width = image_size if image_size is not None else (int(math.sqrt(length)) * p,) * 2
+        h, w = height // p, width // p
+        if h * w != length:
+            raise ValueError(f"{length} patches do not tile a {height}x{width} image with patch size {p}.")
+        x = patches.reshape(n, h, w, p, p, c)
+        x = torch.einsum("nhwpqc->nchpwq", x)
+        return x.reshape(n, c, h * p, w * p)
+
+    def forward_loss(self, target_pixels: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE of `pred` against the normalised clean image (all patches, or masked ones when
+        `loss_on_all_patches=False`, MAE's loss)."""
+        target = self.patchify(target_pixels)
+        if self.config.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        loss = ((pred.float() - target.float()) ** 2).mean(dim=-1)
+        if self.config.loss_on_all_patches:
+            return loss.mean()
+        return (loss * mask).sum() / mask.sum()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        pixel_noise: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DMAEForPreTrainingOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Clean images in [0, 1] pixel space.
+        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+            Uniform noise that decides the random masking (argsort; the smallest values are kept).
+        pixel_noise (`torch.FloatTensor` shaped like `pixel_values`, *optional*):
+            The additive perturbation itself; defaults to `N(0, noise_sigma^2)`. Pass zeros for plain MAE.
+        mask_ratio (`float`, *optional*): overrides `config.mask_ratio`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        check_pixel_values(pixel_values, self.config.num_channels, clean=True)
+        if pixel_noise is None:
+            noisy = add_gaussian_noise(pixel_values, self.config.noise_sigma)
+        elif pixel_noise.shape != pixel_values.shape:
+            raise ValueError(f"pixel_noise must match pixel_values {tuple(pixel_values.shape)}, "
+                             f"got {tuple(pixel_noise.shape)}.")
+        else:
+            noisy = pixel_values.float() + pixel_noise.float()
+        mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+
+        outputs = self.dmae(
+            noisy,
+            mask_ratio=mask_ratio,
+            noise=noise,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        logits = self.decoder(outputs.last_hidden_state, outputs.ids_restore)
+        target = self.preprocess_pixels(pixel_values.float(), interpolate_pos_encoding)
+        loss = self.forward_loss(target, logits, outputs.mask)
+        if not return_dict:
+            out = (logits, outputs.mask, outputs.ids_restore)
+            return (loss,) + out
+        return DMAEForPreTrainingOutput(
+            loss=loss,
+            logits=logits,
+            mask=outputs.mask,
+            ids_restore=outputs.ids_restore,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+def consistency_loss(logits: torch.Tensor, num_copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consistency regularisation of Jeong & Shin (2020), as DMAE fine-tunes with it.
+
+    `logits` holds `num_copies` noisy copies of a batch, copy-major (`x.repeat(m, 1, 1, 1)`). With
+    `p_i = softmax(f(x + d_i))` and `p_bar = (1/m) sum_i p_i`, returns per-sample
+    `(1/m) sum_i KL(p_bar || p_i)` and the entropy `H(p_bar)`, each averaged over the batch.
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1).chunk(num_copies)
+    avg_probs = torch.stack([lp.exp() for lp in log_probs]).mean(0)
+    kl = sum(F.kl_div(lp, avg_probs, reduction="none").sum(-1) for lp in log_probs) / num_copies
+    entropy = -(avg_probs * torch.log(avg_probs.clamp_min(1e-20))).sum(-1)
+    return kl.mean(), entropy.mean()
+
+
+class DMAEForSmoothedClassification(DMAEPreTrainedModel):
+    """The base classifier f of a randomized-smoothing classifier g(x) = argmax_c P(f(x + N(0, sigma^2 I)) = c).
+
+    f is the DMAE encoder fine-tuned on noisy images, with MAE's head: mean of the patch tokens -> `fc_norm` ->
+    linear (`pooling="mean"`), or the CLS token after the final norm (`pooling="cls"`). In eval mode `forward`
+    returns f's logits on the input as given (the certifier adds the noise). In training mode with labels it adds
+    the noise itself and returns the paper's fine-tuning loss on `m = num_noise_samples` noisy copies:
+
+        L = CE(f(x + d_i), y) [mean over the m*B copies] + lambda * (1/m) sum_i KL(p_bar || p_i) + eta * H(p_bar)
+
+    `predict` and `certify` run Cohen et al.'s PREDICT and CERTIFY with `sigma = config.smoothing_sigma`.
+    """
+
+    def __init__(self, config: DMAEConfig):
+        super().__init__(config)
+        self.config = config
+        self.num_labels = config.num_labels
+        self.dmae = DMAEModel(config, add_final_layernorm=config.pooling == "cls")
+        self.dmae.embeddings.position_embeddings.requires_grad_(True)  # learned when fine-tuning, as in timm
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pooling == "mean" else None
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> DMAEPatchEmbeddings:
+        return self.dmae.embeddings.patch_embeddings
+
+    def _logits(self, pixel_values: torch.Tensor, interpolate_pos_encoding=False, **kwargs):
+        outputs = self.dmae(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs)
+        hidden = outputs.last_hidden_state
+        pooled = self.fc_norm(hidden[:, 1:].mean(dim=1)) if self.fc_norm is not None else hidden[:, 0]
+        return self.classifier(pooled), outputs
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        pixel_noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            [0, 1] pixels. In eval mode, or without labels, classified as given (noise included by the caller).
+        labels (`torch.LongTensor` of shape `(batch_size,)` or `torch.FloatTensor` `(batch_size, num_labels)`):
+            Class indices or soft targets (mixup/cutmix). In training mode they trigger the noisy fine-tuning loss
+            (and `logits` then holds the `m * batch_size` noisy copies, copy-major); in eval mode plain CE.
+        pixel_noise (`torch.FloatTensor` of shape `(m * batch_size, C, H, W)`, *optional*):
+            The additive noise of the m copies in training; defaults to `N(0, smoothing_sigma^2)`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        noisy_training = self.training and labels is not None
+        check_pixel_values(pixel_values, self.config.num_channels, clean=noisy_training)
+        if labels is not None:
+            self._check_labels(labels, pixel_values.shape[0])
+
+        m = self.config.num_noise_samples if noisy_training else 1
+        inputs = pixel_values
+        if noisy_training:
+            repeated = pixel_values.repeat(m, 1, 1, 1)
+            if pixel_noise is None:
+                inputs = add_gaussian_noise(repeated, self.config.smoothing_sigma)
+            elif pixel_noise.shape != repeated.shape:
+                raise ValueError(f"pixel_noise must have shape {tuple(repeated.shape)} (m = {m} copies), "
+                                 f"got {tuple(pixel_noise.shape)}.")
+            else:
+                inputs = repeated.float() + pixel_noise.float()
+
+        logits, outputs = self._logits(
+            inputs,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+
+        loss = None
+        if labels is not None:
+            targets = labels.repeat(m, *([1] * (labels.ndim - 1)))
+            loss = self._cross_entropy(logits, targets)
+            if noisy_training and m > 1:
+                kl, entropy = consistency_loss(logits, m)
+                loss = loss + self.config.consistency_lambda * kl + self.config.consistency_eta * entropy
+
+        if not return_dict:
+            output = (logits,) + tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) + output) if loss is not None else output
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+        if labels.shape[0] != batch_size:
+            raise ValueError(f"Got {labels.shape[0]} labels for {batch_size} images.")
+        if labels.ndim == 1:
+            if labels.is_floating_point():
+                raise ValueError("Hard labels must be integer class indices.")
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_labels):
+                raise ValueError(f"Labels must be in [0, {self.num_labels}), got values in "
+                                 f"[{labels.min().item()}, {labels.max().item()}].")
+        elif labels.ndim != 2 or labels.shape[1] != self.num_labels:
+            raise ValueError(f"Soft labels must have shape (batch, {self.num_labels}), got {tuple(labels.shape)}.")
+
+    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with hard (`(N,)`) or soft (`(N, C)`) targets and `config.label_smoothing`."""
+        logits = logits.float()
+        if targets.ndim == 1:
+            return F.cross_entropy(logits, targets, label_smoothing=self.config.label_smoothing)
+        eps = self.config.label_smoothing
+        targets = targets.float() * (1 - eps) + eps / self.num_labels
+        return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+    @torch.no_grad()
+    def predict(self, pixel_values, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000, seed: int = 0,
+                sigma: float | None = None, **kwargs):
+        """Cohen et al.'s PREDICT for the smoothed classifier at `sigma` (default `config.smoothing_sigma`).
+        See `dmae_hf.smoothing.predict`."""
+        from .smoothing import predict
+
+        sigma = self.config.smoothing_sigma if sigma is None else sigma
+        return predict(self.base_classifier, pixel_values, sigma=sigma, n=n, alpha=alpha, batch_size=batch_size,
+                       seed=seed, **kwargs)
+
+    @torch.no_grad()
+    def certify(self, pixel_values, n0: int = 100, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
+                seed: int = 0, sigma: float | None = None, **kwargs):
+        """Cohen et al.'s CERTIFY for the smoothed classifier at `sigma` (default `config.smoothing_sigma`).
+        See `dmae_hf.smoothing.certify`."""
+        from .smoothing import certify
+
+        sigma = self.config.smoothing_sigma if sigma is None else sigma
+        return certify(self.base_classifier, pixel_values, sigma=sigma, n0=n0, n=n, alpha=alpha,
+                       batch_size=batch_size, seed=seed, **kwargs)
+
+    def base_classifier(self, noisy_pixel_values: torch.Tensor) -> torch.Tensor:
+        """f: logits of a batch of noisy [0,1] images, without input validation (the certifier validated x)."""
+        if self.training:
+            warnings.warn("Certifying a model in training mode (dropout, drop path active); call model.eval().")
+        return self._logits(noisy_pixel_values)[0]
+
+
+__all__ = [
+    "DMAEPreTrainedModel",
+    "DMAEModel",
+    "DMAEForPreTraining",
+    "DMAEForSmoothedClassification",
+    "add_gaussian_noise",
+    "get_2d_sincos_pos_embed",
+]

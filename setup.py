@@ -1,0 +1,40 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dmae-hf",
+    version="0.1.0",
+    description="Denoising Masked Autoencoders and certified-robust (randomized smoothing) image classification "
+    "on the Hugging Face stack",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0 (code); released weights derived from the official DMAE checkpoints are CC-BY-NC-4.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dmae_hf", "dmae_hf.*"]),
+    include_package_data=True,
+    package_data={"dmae_hf": ["checkpoints/*/*", "assets/*", "assets/*/*", "metrics/*/*.py", "templates/*"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "huggingface-hub>=1.0",
+        "safetensors>=0.4",
+        "datasets>=4.0",
+        "accelerate>=1.0",
+        "numpy",
+        "scipy>=1.11",
+        "pillow",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        "train": ["kornia>=0.7"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "evaluate>=0.4", "kornia>=0.7"],
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "evaluate>=0.4", "kornia>=0.7", "ruff"],
+    },
+    entry_points={"console_scripts": ["dmae=dmae_hf.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
