@@ -351,9 +351,13 @@ class DMAEPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         """MAE's initialisation: xavier-uniform Linear weights and patch projection, zero biases, unit LayerNorms,
-        normal(0.02) CLS and mask tokens, fixed 2-D sin-cos position tables with a zero CLS row."""
+        normal(0.02) CLS and mask tokens, fixed 2-D sin-cos position tables with a zero CLS row; the classification
+        head is trunc_normal(std=2e-5) as in MAE fine-tuning."""
         if isinstance(module, nn.Linear):
-            init.xavier_uniform_(module.weight)
+            if getattr(module, "is_classification_head", False):
+                init.trunc_normal_(module.weight, std=2e-5)  # MAE's fine-tuning head init
+            else:
+                init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
@@ -373,9 +377,6 @@ class DMAEPreTrainedModel(PreTrainedModel):
             init.normal_(module.mask_token, std=self.config.initializer_range)
             grid = int(math.sqrt(module.decoder_pos_embed.shape[1] - 1))
             init.copy_(module.decoder_pos_embed, get_2d_sincos_pos_embed(module.decoder_pos_embed.shape[-1], grid))
-        elif isinstance(module, DMAEForSmoothedClassification):
-            init.trunc_normal_(module.classifier.weight, std=2e-5)  # MAE fine-tuning head init
-            init.zeros_(module.classifier.bias)
 
     def preprocess_pixels(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """[0,1] pixels -> model input: bicubic resize to `image_size` when needed (unless
@@ -642,6 +643,7 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
         self.dmae.embeddings.position_embeddings.requires_grad_(True)  # learned when fine-tuning, as in timm
         self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pooling == "mean" else None
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier.is_classification_head = True
         self.post_init()
 
     def get_input_embeddings(self) -> DMAEPatchEmbeddings:

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_data_dir() -> Path:
+    """The shared real data: `$DMAE_DATA_DIR`, `<repo>/../shared/data` (CI) or `/work/shared/data`."""
+    candidates = [os.environ.get("DMAE_DATA_DIR"), REPO_ROOT.parent / "shared" / "data", "/work/shared/data"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "cifar10").is_dir():
+            return Path(candidate)
+    raise FileNotFoundError(f"Shared data not found in {candidates}; set DMAE_DATA_DIR.")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return find_data_dir()
+
+
+@pytest.fixture(scope="session")
+def cifar10_test_images(data_dir):
+    """The first 20 real CIFAR-10 test images (class-interleaved) as PIL images, with labels."""
+    import datasets
+
+    ds = datasets.load_dataset(str(data_dir / "cifar10"), split="test", streaming=True)
+    rows = list(ds.take(20))
+    return [r["img"] for r in rows], [r["label"] for r in rows]
