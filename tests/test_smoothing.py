@@ -72,6 +72,17 @@ def test_counts_do_not_depend_on_batch_size(tiny, images):
     assert p7.counts == p1000.counts and p7.pvalue == p1000.pvalue
 
 
+def test_noisy_samples_are_bitwise_identical_across_batch_sizes():
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    seen = {}
+    for batch_size in [7, 256, 300, 1000]:
+        f = Recorder()
+        certify(f, x, 0.3, n0=20, n=700, batch_size=batch_size, method="adaptive", first_look=100)
+        seen[batch_size] = torch.cat(f.inputs)
+    assert all(torch.equal(seen[7], other) for other in seen.values())
+    assert seen[7].shape[0] == 2 * 720
+
+
 def test_batch_equals_one_image_at_a_time(tiny, images):
     batch = certify(tiny.base_classifier, images, 0.5, n0=10, n=300, batch_size=64)
     alone = [certify(tiny.base_classifier, image, 0.5, n0=10, n=300, batch_size=64) for image in images]
