@@ -49,10 +49,19 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, add_cls_token: bool 
     return torch.from_numpy(table).float().unsqueeze(0)
 
 
-def add_gaussian_noise(pixel_values: torch.Tensor, sigma: float, generator: torch.Generator | None = None):
-    """`x + N(0, sigma^2 I)` drawn in float32 in [0, 1] pixel space: the one noise sampler of the package."""
-    noise = torch.randn(pixel_values.shape, generator=generator, device=pixel_values.device, dtype=torch.float32)
-    return pixel_values.float() + sigma * noise
+def add_gaussian_noise(
+    pixel_values: torch.Tensor,
+    sigma: float,
+    generator: torch.Generator | None = None,
+    out: torch.Tensor | None = None,
+):
+    """`x + N(0, sigma^2 I)` drawn in float32 in [0, 1] pixel space: the one noise sampler of the package.
+
+    `out` (float32, shape of `pixel_values`, e.g. a slice of a batch buffer) receives the result without a copy.
+    """
+    noise = torch.randn(pixel_values.shape, generator=generator, device=pixel_values.device, dtype=torch.float32,
+                        out=out)
+    return noise.mul_(sigma).add_(pixel_values.float())
 
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, clean: bool) -> None:

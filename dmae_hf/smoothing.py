@@ -21,7 +21,6 @@ position of an image in the batch (up to the base classifier's own batch-size-de
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import numbers
@@ -123,27 +122,41 @@ def _mix(*values: int) -> int:
 
 
 class _NoisyStream:
-    """x + N(0, sigma^2 I) copies of one image for one stage of `total` samples, block by block."""
+    """x + N(0, sigma^2 I) copies of one image for one stage of `total` samples, block by block.
+
+    Block j holds min(NOISE_BLOCK, total - j NOISE_BLOCK) samples drawn from a generator seeded by (seed, stage, j).
+    A block that fits in the requested slice is drawn straight into it; one that straddles two slices is drawn into
+    a side buffer and handed out in parts, so every sample is the same whatever the slicing.
+    """
 
     def __init__(self, x: torch.Tensor, sigma: float, seed: int, stage: int, total: int):
         self.x, self.sigma, self.seed, self.stage, self.total = x, sigma, seed, stage, total
-        self.block, self.buffer, self.pos = 0, None, 0
+        self.block, self.leftover = 0, None
 
-    def take(self, m: int) -> list[torch.Tensor]:
-        pieces = []
-        while m > 0:
-            if self.buffer is None or self.pos == self.buffer.shape[0]:
+    def _draw(self, out: torch.Tensor) -> None:
+        generator = torch.Generator(device=self.x.device)
+        generator.manual_seed(_mix(self.seed, self.stage, self.block))
+        add_gaussian_noise(self.x.expand(out.shape[0], *self.x.shape), self.sigma, generator=generator, out=out)
+        self.block += 1
+
+    def fill(self, out: torch.Tensor) -> None:
+        """Write the next out.shape[0] noisy samples into `out`."""
+        pos, m = 0, out.shape[0]
+        while pos < m:
+            if self.leftover is None:
                 size = min(NOISE_BLOCK, self.total - self.block * NOISE_BLOCK)
                 if size <= 0:
                     raise RuntimeError(f"noise stream exhausted after {self.total} samples")
-                generator = torch.Generator(device=self.x.device)
-                generator.manual_seed(_mix(self.seed, self.stage, self.block))
-                self.buffer = add_gaussian_noise(self.x.expand(size, *self.x.shape), self.sigma, generator=generator)
-                self.block, self.pos = self.block + 1, 0
-            k = min(m, self.buffer.shape[0] - self.pos)
-            pieces.append(self.buffer[self.pos : self.pos + k])
-            self.pos, m = self.pos + k, m - k
-        return pieces
+                if m - pos >= size:
+                    self._draw(out[pos : pos + size])
+                    pos += size
+                    continue
+                self.leftover = torch.empty((size, *self.x.shape), dtype=torch.float32, device=self.x.device)
+                self._draw(self.leftover)
+            k = min(m - pos, self.leftover.shape[0])
+            out[pos : pos + k] = self.leftover[:k]
+            self.leftover = self.leftover[k:] if k < self.leftover.shape[0] else None
+            pos += k
 
 
 # ------------------------------------------------------------------------------------------------------------- sampling
@@ -153,11 +166,7 @@ class _Sampler:
     def __init__(self, base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total):
         self.f, self.x, self.sigma, self.seed, self.batch_size = base_classifier, x, sigma, seed, batch_size
         self.device = x.device
-        self.autocast = (
-            torch.autocast(device_type=self.device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
+        self.autocast_dtype = autocast_dtype
         self.num_classes = None
         self.pbar = None
         if progress:
@@ -170,27 +179,28 @@ class _Sampler:
 
     def count(self, requests: list[tuple[int, _NoisyStream, int]]) -> torch.Tensor:
         """Votes (num_images, num_classes) of f on `m` more samples of each (image, stream, m); one host sync."""
-        counts = None
-        pieces, owners, sizes, filled = [], [], [], 0
+        size = min(self.batch_size, sum(m for _, _, m in requests))
+        batch = torch.empty((size, *self.x.shape[1:]), dtype=torch.float32, device=self.device)
+        counts, owners, filled = None, [], 0
         for i, stream, m in requests:
             while m > 0:
-                k = min(m, self.batch_size - filled)
-                for piece in stream.take(k):
-                    pieces.append(piece)
-                    owners.append(i)
-                    sizes.append(piece.shape[0])
+                k = min(m, size - filled)
+                stream.fill(batch[filled : filled + k])
+                owners.append((i, k))
                 filled, m = filled + k, m - k
-                if filled == self.batch_size:
-                    counts = self._forward(pieces, owners, sizes, counts)
-                    pieces, owners, sizes, filled = [], [], [], 0
+                if filled == size:
+                    counts = self._forward(batch, owners, counts)
+                    owners, filled = [], 0
         if filled:
-            counts = self._forward(pieces, owners, sizes, counts)
+            counts = self._forward(batch[:filled], owners, counts)
         return counts.view(self.x.shape[0], self.num_classes).cpu()
 
-    def _forward(self, pieces, owners, sizes, counts):
-        batch = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-        with self.autocast:
+    def _forward(self, batch, owners, counts):
+        if self.autocast_dtype is None:
             logits = self.f(batch)
+        else:
+            with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
+                logits = self.f(batch)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"base_classifier must map a ({batch.shape[0]}, C, H, W) batch to logits "
@@ -203,12 +213,12 @@ class _Sampler:
         if counts is None:
             counts = torch.zeros(num_images * k, dtype=torch.long, device=logits.device)
         votes = logits.argmax(dim=1)
-        if len(set(owners)) == 1:
-            counts[owners[0] * k : (owners[0] + 1) * k] += torch.bincount(votes, minlength=k)
+        if len(owners) == 1 or all(i == owners[0][0] for i, _ in owners):
+            counts[owners[0][0] * k : (owners[0][0] + 1) * k] += torch.bincount(votes, minlength=k)
         else:
-            owner = torch.repeat_interleave(torch.tensor(owners, device=logits.device),
-                                            torch.tensor(sizes, device=logits.device))
-            counts += torch.bincount(owner * k + votes, minlength=num_images * k)
+            ids = torch.tensor([i for i, _ in owners], device=logits.device)
+            sizes = torch.tensor([m for _, m in owners], device=logits.device)
+            counts += torch.bincount(torch.repeat_interleave(ids, sizes) * k + votes, minlength=num_images * k)
         if self.pbar is not None:
             self.pbar.update(batch.shape[0])
         return counts
