@@ -1,0 +1,266 @@
+# Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
+"""Streaming image datasets for DMAE training: Hub repos (`ILSVRC/imagenet-1k` parquet, `timm/imagenet-1k-wds`
+webdataset, CIFAR-10) and local folders in the Hub layout go through the same `datasets.load_dataset(...,
+streaming=True)` path.
+
+Pipeline (`build_stream`): raw stream -> columns renamed to `image`/`label`, images kept as encoded bytes ->
+optional exclusion of a held-out validation set -> shuffle buffer -> decode + fixed-size resize on the DataLoader's
+CPU workers (`ImageDecoder`) -> `collate` to `uint8` tensors. Random augmentation runs batched on the device
+afterwards (`dmae_hf.augment`), and the Gaussian noise is added by the model.
+
+Sharding across processes: the raw stream goes to `accelerator.prepare(DataLoader(...))` with Accelerate's default
+for iterable datasets (`dispatch_batches=True`): rank 0 reads the stream (its DataLoader workers split the
+shards), each global batch is split over the ranks. Every example is then seen exactly once per epoch whatever the
+shard count (CIFAR-10 has 5 train shards, ImageNet parquet 294) and every rank runs the same number of steps, so
+DDP never hangs on uneven shards. The cost: rank 0's workers decode for everyone (use enough `--num-workers`). We never call `split_dataset_by_node` ourselves (combined with `prepare` it
+shards twice and silently drops data).
+
+Held-out validation (`--val-size N`): the first N examples of the unshuffled train stream, identified by a hash of
+their encoded bytes (`example_id`), are removed from the training stream by a filter. A filter, unlike
+`skip(N)`, does not depend on how the stream is later sharded (`skip` is split across shards).
+
+Resumable position: the epoch's order is fixed by `(seed, epoch)` (`shuffle` + `set_epoch`), and the checkpointed
+`TrainState` (`dmae_hf.training`) records the batches already consumed in the epoch; a resumed run re-reads and
+skips them (`skip_batches`), so it continues with exactly the examples the interrupted run would have seen. (A
+`ds.state_dict()` alone is not enough with DataLoader workers, each of which holds part of the stream.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .image_processing_dmae import DMAEImageProcessor
+
+# Column names of known layouts, renamed to `image` / `label`.
+_WDS_COLUMNS = {"jpg": "image", "jpeg": "image", "png": "image", "webp": "image", "cls": "label"}
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 2)[-1] or os.path.exists(path)
+
+
+def load_image_stream(path: str, split: str = "train", image_column: str | None = None,
+                      label_column: str | None = "label", token: str | bool | None = None, streaming: bool = True):
+    """`load_dataset(path, split=split, streaming=True)` with clear errors, columns renamed to `image`/`label`
+    (webdataset `jpg`/`cls` included) and the image column left encoded (`Image(decode=False)`).
+
+    Raises `ValueError` (before any training) for a missing local path, an unknown split (lists the available
+    ones) or an unknown image/label column (lists the columns). `label_column=None` keeps images only.
+    """
+    import datasets
+
+    path = str(path)
+    if (path.startswith((".", "/", "~")) or os.sep + os.sep in path) and not os.path.exists(os.path.expanduser(path)):
+        raise ValueError(f"Dataset path {path!r} does not exist.")
+    path = os.path.expanduser(path)
+    try:
+        builder = datasets.load_dataset_builder(path, token=token)
+    except FileNotFoundError as err:
+        raise ValueError(f"Dataset {path!r} not found ({err}).") from err
+    splits = sorted((builder.info.splits or {}).keys()) or sorted(getattr(builder.config, "data_files", None) or {})
+    if splits and split not in splits:
+        raise ValueError(f"Unknown split {split!r} for dataset {path!r}; available splits: {splits}.")
+    ds = datasets.load_dataset(path, split=split, streaming=streaming, token=token)
+    features = ds.features
+    if features is None:  # some builders only know their features after the first example
+        ds = ds._resolve_features()
+        features = ds.features
+    columns = list(features)
+
+    renames = {}
+    if image_column is None:
+        image_column = next((c for c in ("image", "img", *[k for k in _WDS_COLUMNS if k != "cls"]) if c in columns),
+                            None)
+        if image_column is None:
+            raise ValueError(f"No image column found in {path!r}; columns are {columns}. Pass --image-column.")
+    if image_column not in columns:
+        raise ValueError(f"Unknown image column {image_column!r} in {path!r}; columns are {columns}.")
+    if image_column != "image":
+        renames[image_column] = "image"
+    if label_column is not None:
+        if label_column not in columns and label_column == "label" and "cls" in columns:
+            label_column = "cls"
+        if label_column not in columns:
+            raise ValueError(f"Unknown label column {label_column!r} in {path!r}; columns are {columns}.")
+        if label_column != "label":
+            renames[label_column] = "label"
+    keep = [image_column] + ([label_column] if label_column is not None else [])
+    ds = ds.select_columns(keep)
+    if renames:
+        ds = ds.rename_columns(renames)
+    if isinstance(ds.features["image"], datasets.Image):
+        ds = ds.cast_column("image", datasets.Image(decode=False))
+    return ds
+
+
+def num_classes_of(ds) -> int | None:
+    """Number of classes declared by a `ClassLabel` label column, else None."""
+    import datasets
+
+    feature = (ds.features or {}).get("label")
+    return feature.num_classes if isinstance(feature, datasets.ClassLabel) else None
+
+
+def class_names_of(ds) -> list[str] | None:
+    import datasets
+
+    feature = (ds.features or {}).get("label")
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def _image_bytes(image) -> bytes:
+    """Encoded bytes of an undecoded `Image` value (dict with bytes/path), of raw bytes, or of a PIL image."""
+    if isinstance(image, dict):
+        if image.get("bytes") is not None:
+            return image["bytes"]
+        if image.get("path"):
+            with open(image["path"], "rb") as f:
+                return f.read()
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+    raise ValueError(f"Cannot read image value of type {type(image).__name__}.")
+
+
+def example_id(image) -> int:
+    """A stable signed 63-bit id of an example: a hash of its encoded image bytes."""
+    return int.from_bytes(hashlib.blake2b(_image_bytes(image), digest_size=8).digest(), "little") >> 1
+
+
+def hold_out(ds, val_size: int):
+    """Split a stream into `(train, val)`: `val` = the first `val_size` examples of the unshuffled stream, `train` =
+    every other example (filtered by `example_id`, so it stays correct after sharding and shuffling)."""
+    if val_size <= 0:
+        return ds, None
+    val = ds.take(val_size)
+    held = {example_id(ex["image"]) for ex in val}
+    if len(held) < val_size:
+        raise ValueError(f"--val-size {val_size} is larger than the split ({len(held)} distinct examples).")
+    train = ds.filter(lambda ex: example_id(ex["image"]) not in held)
+    return train, val
+
+
+class ImageDecoder:
+    """Decode on CPU workers to a fixed size for batching, as `uint8` (3, S, S).
+
+    `resize_shortest_edge=None` keeps images as they are (CIFAR-10; they must then all have the same size).
+    Otherwise the shortest edge is resized (bicubic) and the center `crop_size` square is kept, e.g. 256 -> 224 for
+    ImageNet evaluation, or 256 -> 256 before the device-side RandomResizedCrop of training.
+    """
+
+    def __init__(self, resize_shortest_edge: int | None = None, crop_size: int | None = None,
+                 num_labels: int | None = None):
+        self.processor = DMAEImageProcessor(
+            do_resize=resize_shortest_edge is not None, resize_shortest_edge=resize_shortest_edge or 256,
+            do_center_crop=crop_size is not None, crop_size=crop_size or 224)
+        self.num_labels = num_labels
+
+    def decode(self, image) -> np.ndarray:
+        pil = Image.open(io.BytesIO(_image_bytes(image))) if not isinstance(image, Image.Image) else image
+        pil = self.processor.to_pil(pil)
+        p = self.processor
+        if p.do_resize:
+            w, h = pil.size
+            scale = p.resize_shortest_edge / min(w, h)
+            pil = pil.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        if p.do_center_crop:
+            w, h = pil.size
+            c = p.crop_size
+            left, top = int(round((w - c) / 2.0)), int(round((h - c) / 2.0))
+            pil = pil.crop((left, top, left + c, top + c))
+        return np.asarray(pil, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+    def __call__(self, example: dict) -> dict:
+        out = {"pixel_values": self.decode(example["image"]), "example_id": example_id(example["image"])}
+        if "label" in example:
+            label = example["label"]
+            check_label(label, self.num_labels)
+            out["label"] = int(label)
+        return out
+
+
+def check_label(label, num_labels: int | None) -> None:
+    if label is None or isinstance(label, float) and not float(label).is_integer():
+        raise ValueError(f"Invalid label {label!r}: labels must be integer class indices.")
+    if int(label) < 0 or (num_labels is not None and int(label) >= num_labels):
+        bound = f"[0, {num_labels})" if num_labels is not None else ">= 0"
+        raise ValueError(f"Label {int(label)} is out of range: labels must be in {bound} (num_labels={num_labels}).")
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stack decoded examples: `pixel_values` uint8 (B, 3, S, S), `labels` int64 (B,), `example_id` int64 (B,)."""
+    shapes = {tuple(e["pixel_values"].shape) for e in examples}
+    if len(shapes) > 1:
+        raise ValueError(f"Images of different sizes {sorted(shapes)} in one batch; set a resize/crop size.")
+    batch = {
+        "pixel_values": torch.from_numpy(np.stack([e["pixel_values"] for e in examples])),
+        "example_id": torch.tensor([e["example_id"] for e in examples], dtype=torch.int64),
+    }
+    if "label" in examples[0]:
+        batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.int64)
+    return batch
+
+
+def build_stream(ds, decoder: ImageDecoder, shuffle: bool = True, seed: int = 0, buffer_size: int = 10_000):
+    """Shuffle (buffer + shard order; call `set_epoch` each epoch) and decode. Returns an `IterableDataset`."""
+    if shuffle:
+        ds = ds.shuffle(seed=seed, buffer_size=buffer_size)
+    return ds.map(decoder, remove_columns=list(ds.features))
+
+
+def validate_stream(ds, decoder: ImageDecoder, num_examples: int = 64) -> int:
+    """Decode the first `num_examples` examples and check their labels, so bad data fails before training.
+    Returns the number of examples checked (0 means the split is empty, which is an error)."""
+    count = 0
+    for example in ds.take(num_examples):
+        decoder(example)
+        count += 1
+    if count == 0:
+        raise ValueError("The dataset split is empty.")
+    return count
+
+
+__all__ = [
+    "load_image_stream",
+    "hold_out",
+    "ImageDecoder",
+    "collate",
+    "build_stream",
+    "validate_stream",
+    "check_label",
+    "example_id",
+    "num_classes_of",
+    "class_names_of",
+    "count_examples",
+]
+
+
+def count_examples(path: str, split: str, token: str | bool | None = None) -> int | None:
+    """Number of examples of a split, from the builder's split info or the parquet footers (no data read), else
+    None (then pass `--max-steps` or `--train-size`)."""
+    import datasets
+
+    builder = datasets.load_dataset_builder(os.path.expanduser(str(path)), token=token)
+    splits = builder.info.splits
+    if splits and split in splits and splits[split].num_examples:
+        return int(splits[split].num_examples)
+    files = (builder.config.data_files or {}).get(split)
+    if not files or not all(str(f).endswith(".parquet") for f in files):
+        return None
+    import fsspec
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in files:
+        with fsspec.open(str(f), "rb", **({"token": token} if str(f).startswith("hf://") and token else {})) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
