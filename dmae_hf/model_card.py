@@ -120,9 +120,7 @@ def _model_index(name: str, entry, results: dict | None) -> list[dict] | None:
         if row.get("acr") is not None:
             metrics.append({"type": "average-certified-radius", "name": f"ACR ({row['name']})",
                             "value": round(float(row["acr"]), 3), "verified": False})
-        entries.append({"task": task, "dataset": dataset, "metrics": metrics,
-                        "source": {"name": f"dmae-hf certification of this checkpoint on {row.get('n_images')} "
-                                           f"{dataset_name} {split} images"}})
+        entries.append({"task": task, "dataset": dataset, "metrics": metrics})  # measured here: no external source
     return [{"name": name, "results": entries}] if entries else None
 
 
@@ -214,7 +212,8 @@ def _paper_section(entry) -> str:
     radii = list(next(iter(rows.values())))
     lines = [f"| Model | {' | '.join(f'r = {r}' for r in radii)} |", "|---" * (len(radii) + 1) + "|"]
     lines += [f"| {row} | {' | '.join(f'{acc:.1f}' for acc in accs.values())} |" for row, accs in rows.items()]
-    who = ("this classifier's recipe" if entry.kind == "classifier" else "classifiers fine-tuned from this encoder")
+    who = ("DMAE classifiers of this architecture (this recipe at sigma 0.25, 0.5 and 1.0)" if entry.kind ==
+           "classifier" else "classifiers fine-tuned from this encoder")
     return (f"### Paper numbers ({PAPER_SOURCE}, {caption})\n\nCertified top-1 accuracy (%) of {who} at L2 radius "
             "r, reported by the authors as the **best over sigma in {0.25, 0.5, 1.0}** for each radius (not "
             "per-sigma), with the official code. They were **not** measured on the weights of this repository.\n\n"
