@@ -166,11 +166,21 @@ CLIENT = textwrap.dedent('''
         report["classifier_logits_equal"] = torch.equal(classifier(x).logits, reference(x).logits)
     report["sigma"] = classifier.config.smoothing_sigma
     report["label3"] = classifier.config.id2label[3]
+
+    # 3. the usage code of the pushed model cards runs as written (on image.jpg, a real ImageNet photo)
+    import re
+    from huggingface_hub import hf_hub_download
+    for repo in sys.argv[2:]:
+        card = open(hf_hub_download(repo, "README.md")).read()
+        code = re.search(r"```python\\n(.*?)```", card, re.S).group(1)
+        exec(compile(code, f"{repo}/README.md", "exec"), {})
     print("REPORT" + json.dumps(report))
 ''')
 
 
-def test_convert_push_and_load_by_short_name(tmp_path):
+def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
+    table = pq.read_table(data_dir / "imagenet-sample" / "data" / "validation-00000-of-00001.parquet")
+    (tmp_path / "image.jpg").write_bytes(table.column("image")[0].as_py()["bytes"])
     torch.save({"model": official_checkpoint("pretraining", dim=32, depth=2, patch=8, image=32, dec_dim=32,
                                              dec_depth=1)}, tmp_path / "pretrain.pth")
     torch.save({"model": official_checkpoint("classifier", dim=32, depth=2, patch=8, image=32)},
@@ -180,10 +190,12 @@ def test_convert_push_and_load_by_short_name(tmp_path):
         env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN="x", HF_HOME=str(tmp_path / "hf_home"),
                    HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", DMAE_HF_NAMESPACE="tester",
                    PYTHONPATH=str(REPO_ROOT))
-        result = subprocess.run([sys.executable, "-c", CLIENT, str(tmp_path)], env=env, cwd=tmp_path,
+        cards_to_run = ["tester/dmae-vit-base"]
+        result = subprocess.run([sys.executable, "-c", CLIENT, str(tmp_path), *cards_to_run], env=env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-4000:]
         report = json.loads(result.stdout.split("REPORT", 1)[1])
+        assert "(1, 16, 192) (1, 17, 32)" in result.stdout  # the pre-training card's example printed its outputs
 
         assert report["pretraining_equal"] and report["classifier_logits_equal"]
         assert report["auto"] == {"AutoConfig": "DMAEConfig", "AutoModel": "DMAEModel",
