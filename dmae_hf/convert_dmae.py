@@ -1,5 +1,6 @@
 # Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
-"""Convert DMAE checkpoints to dmae-hf checkpoints (model.safetensors, config.json, preprocessor_config.json, README.md).
+"""Convert DMAE checkpoints to dmae-hf checkpoints: model.safetensors, config.json, preprocessor_config.json and
+README.md.
 
 Three source layouts, told apart by their keys:
 
@@ -32,7 +33,14 @@ from pathlib import Path
 
 import torch
 
-from .configuration_dmae import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PRESETS, DMAEConfig
+from .configuration_dmae import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    PRESETS,
+    DMAEConfig,
+)
 from .image_processing_dmae import DMAEImageProcessor
 from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification
 
@@ -88,6 +96,11 @@ _HF_TOP_RENAMES = {
 }
 _HF_ENCODER_BLOCK = re.compile(r"vit\.(?:encoder\.layer|layers)\.(\d+)\.(.+)")
 _HF_DECODER_BLOCK = re.compile(r"decoder\.(?:decoder_layers|decoder_encoder\.layer)\.(\d+)\.(.+)")
+
+
+_SOURCES = {"pretraining": "official DMAE pre-training", "classifier": "official DMAE fine-tuned classifier",
+            "vit-mae": "transformers ViTMAE"}
+_UPLOADED = ["model.safetensors", "*.json", "*.py", "README.md"]  # what --push-to-hub sends (never a pickle)
 
 
 class CheckpointError(ValueError):
@@ -384,7 +397,7 @@ def convert_state_dict(state: dict, hf_config: dict | None = None, *, preset: st
     config = DMAEConfig(**arch, **extra)
     config.architectures = [model_class.__name__]
     model = model_class(config)
-    check_state_dict(model, renamed, unknown, {"vit-mae": "ViTMAE"}.get(layout, f"official {layout}"))
+    check_state_dict(model, renamed, unknown, _SOURCES[layout])
     model.load_state_dict({k: v.float() for k, v in renamed.items()}, strict=True)
     return model.eval()
 
@@ -414,13 +427,17 @@ def convert(source, output_dir, *, name: str | None = None, push_to_hub: str | N
     if push_to_hub:
         repo_id = hub_names.repo_id(push_to_hub) if push_to_hub in hub_names.SHORT_NAMES else push_to_hub
     name = name or (repo_id.split("/")[-1] if repo_id else output_dir.name)
-    (output_dir / "README.md").write_text(render_model_card(name, model.config), encoding="utf-8")
+    layout = detect_layout(state)
+    provenance = None if name in hub_names.SHORT_NAMES else (
+        f"Converted with `dmae convert` from `{Path(source).name}` ({_SOURCES[layout]} checkpoint).")
+    card = render_model_card(name, model.config, provenance=provenance, from_official=True)
+    (output_dir / "README.md").write_text(card, encoding="utf-8")
     if repo_id:
         from huggingface_hub import HfApi
 
         api = HfApi()
         api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(output_dir),
+        api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), allow_patterns=_UPLOADED,
                           commit_message=f"Convert {Path(source).name} with dmae-hf")
     return model
 

@@ -13,6 +13,7 @@ always labelled as such.
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -76,11 +77,10 @@ def _entry(name: str, config: DMAEConfig) -> hub_names.ReleasedModel:
         return hub_names.SHORT_NAMES[name]
     classifier = bool(config.architectures and "Classification" in config.architectures[0])
     dataset = "cifar10" if list(config.image_mean) == list(CIFAR10_MEAN) else "imagenet-1k"
-    preset = next((p for p in ("vit-base", "vit-large", "vit-huge") if DMAEConfig.from_preset(p).hidden_size ==
-                   config.hidden_size and DMAEConfig.from_preset(p).num_hidden_layers == config.num_hidden_layers),
-                  "custom")
+    preset = _preset_of(config) or "custom"
     return hub_names.ReleasedModel(name, "classifier" if classifier else "pretraining", preset, dataset,
-                                   config.smoothing_sigma if classifier else None, from_official=preset != "custom")
+                                   config.smoothing_sigma if classifier else None,
+                                   from_official=preset not in ("custom", "tiny"))
 
 
 def _num_parameters(config: DMAEConfig, classifier: bool) -> int:
@@ -145,11 +145,21 @@ def _metadata(name: str, entry, config: DMAEConfig, results: dict | None, namesp
     return meta
 
 
+def _preset_of(config: DMAEConfig) -> str | None:
+    """The preset whose encoder (width, depth, patch) `config` has, if any."""
+    for name in ARCH_TITLES:
+        preset = DMAEConfig.from_preset(name)
+        if (preset.hidden_size, preset.num_hidden_layers, preset.patch_size) == (
+                config.hidden_size, config.num_hidden_layers, config.patch_size):
+            return name
+    return None
+
+
 def _architecture(entry, config: DMAEConfig) -> str:
     classifier = entry.kind == "classifier"
     size = config.image_size
     rows = [
-        ("Architecture", f"{ARCH_TITLES.get(entry.preset, 'ViT')} encoder: width {config.hidden_size}, "
+        ("Architecture", f"{ARCH_TITLES.get(_preset_of(config), 'ViT')} encoder: width {config.hidden_size}, "
                          f"{config.num_hidden_layers} blocks, {config.num_attention_heads} heads, patch "
                          f"{config.patch_size}, {size}x{size} input, LayerNorm eps {config.layer_norm_eps:g}"),
         ("Parameters", f"{_num_parameters(config, classifier) / 1e6:.1f}M"),
@@ -231,8 +241,8 @@ def _results_section(results: dict | None) -> str:
         acr = "" if row.get("acr") is None else f"{float(row['acr']):.3f}"
         lines.append(f"| {row['name']} | {row.get('n_images', '')} | {accs} | {acr} |")
     if results.get("envelope"):
-        lines.append(f"| envelope (best run per radius) | | {' | '.join(f'{100 * a:.1f}' for a in results['envelope'])}"
-                     " | |")
+        envelope = " | ".join(f"{100 * a:.1f}" for a in results["envelope"])
+        lines.append(f"| envelope (best run per radius) | | {envelope} | |")
     return ("### Measured on these weights\n\nCertified accuracy (%) at L2 radius r, measured with dmae-hf's "
             "CERTIFY on this checkpoint.\n\n" + "\n".join(lines) + "\n")
 
@@ -243,8 +253,9 @@ def _provenance(entry) -> str:
                 "exact command and the reproduction report.")
     if entry.kind == "pretraining":
         epochs = 1100 if entry.preset == "vit-base" else 1600
-        return (f"Converted with `dmae convert` from the official DMAE-{'Base' if entry.preset == 'vit-base' else 'Large'}"
-                f" pre-training checkpoint ({epochs} epochs on ImageNet-1k, released by the authors at "
+        size = "Base" if entry.preset == "vit-base" else "Large"
+        return (f"Converted with `dmae convert` from the official DMAE-{size} pre-training checkpoint "
+                f"({epochs} epochs on ImageNet-1k, released by the authors at "
                 "https://github.com/quanlin-wu/dmae). The converter is checked against an independent "
                 "re-implementation of the official forward pass (max abs difference <= 1e-5 on random weights).")
     return ("The authors did not release fine-tuned classifiers (issue #6 of quanlin-wu/dmae). These weights are "
@@ -254,14 +265,19 @@ def _provenance(entry) -> str:
 
 
 def render_model_card(name: str, config: DMAEConfig, results: dict | None = None, *, namespace: str | None = None,
-                      status: str | None = None) -> str:
+                      status: str | None = None, provenance: str | None = None,
+                      from_official: bool | None = None) -> str:
     """The README.md (YAML front matter + markdown) of checkpoint `name` with `config`.
 
     `results`: the analysis dict (see the module docstring) measured on these weights, or None. `namespace`: the Hub
-    namespace used in `base_model` (default `hub_names.namespace()`). `status`: overrides the status line.
+    namespace used in `base_model` (default `hub_names.namespace()`). `status`, `provenance`: override the status
+    line and the "How the weights were obtained" text. `from_official`: whether the weights derive from the official
+    (CC-BY-NC-4.0) ones; by default, from the short-name table, or guessed from the architecture for other names.
     """
     namespace = namespace or hub_names.namespace()
     entry = _entry(name, config)
+    if from_official is not None:
+        entry = dataclasses.replace(entry, from_official=from_official)
     meta = _metadata(name, entry, config, results, namespace)
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
     if status is None:
@@ -292,7 +308,7 @@ def render_model_card(name: str, config: DMAEConfig, results: dict | None = None
         _paper_section(entry),
         _results_section(results),
         "## How the weights were obtained\n",
-        _provenance(entry) + "\n",
+        (provenance or _provenance(entry)) + "\n",
         "## License\n",
         license_note + "\n",
         "## Citation\n",

@@ -64,7 +64,8 @@ def official_checkpoint(kind, dim, depth, patch, image, dec_dim=None, dec_depth=
     sd.update(random_blocks(gen, "blocks", depth, dim, 4 * dim))
     if kind == "pretraining":
         sd["pos_embed"] = sincos_table(dim, grid)
-        sd["norm.weight"], sd["norm.bias"] = 1 + torch.randn(dim, generator=gen) * 0.1, torch.randn(dim, generator=gen) * 0.1
+        sd["norm.weight"] = 1 + torch.randn(dim, generator=gen) * 0.1
+        sd["norm.bias"] = torch.randn(dim, generator=gen) * 0.1
         sd["decoder_embed.weight"] = torch.randn(dec_dim, dim, generator=gen) * dim ** -0.5
         sd["decoder_embed.bias"] = torch.randn(dec_dim, generator=gen) * 0.1
         sd["mask_token"] = torch.randn(1, 1, dec_dim, generator=gen) * 0.02
@@ -164,9 +165,12 @@ def ref_classifier(sd, noisy, heads, norm, image):
 @pytest.mark.parametrize("shape", ["tiny", "vit-b"])
 def test_pretraining_conversion_matches_the_official_forward(tmp_path, shape):
     if shape == "tiny":  # 32x32 model fed 16x16 images: the noisy image is upsampled inside the model
-        dims, heads, dec_heads, size, extra = dict(dim=32, depth=2, patch=8, image=32, dec_dim=32, dec_depth=1), 2, 2, 16, dict(preset=None, num_heads=2, decoder_num_heads=2)
-    else:  # ViT-B/16 widths, heads and resolution (decoder 512/16), depth cut to 2 (+1 decoder block) for speed
-        dims, heads, dec_heads, size, extra = dict(dim=768, depth=2, patch=16, image=224, dec_dim=512, dec_depth=1), 12, 16, 224, {}
+        dims = dict(dim=32, depth=2, patch=8, image=32, dec_dim=32, dec_depth=1)
+        heads, dec_heads, size, extra = 2, 2, 16, dict(num_heads=2, decoder_num_heads=2)
+    else:  # ViT-B/16 widths, heads and resolution (decoder 512/16), depth cut to 2 (+1 decoder block) for speed;
+        # the head counts come from the official convention (768 -> 12, decoder 512 -> 16)
+        dims = dict(dim=768, depth=2, patch=16, image=224, dec_dim=512, dec_depth=1)
+        heads, dec_heads, size, extra = 12, 16, 224, {}
     sd = official_checkpoint("pretraining", **dims)
     path = tmp_path / "checkpoint-1099.pth"
     torch.save({"model": sd}, path)
@@ -319,11 +323,13 @@ def test_corrupt_and_truncated_files_fail_clearly(tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda sd: sd.update({"blocks.0.attn.extra.weight": torch.zeros(2)}), r"unknown keys.*blocks\.0\.attn\.extra\.weight"),
+    (lambda sd: sd.update({"blocks.0.attn.extra.weight": torch.zeros(2)}),
+     r"unknown keys.*blocks\.0\.attn\.extra\.weight"),
     (lambda sd: sd.pop("blocks.1.mlp.fc2.bias"), r"missing keys.*dmae\.layers\.1\.mlp\.fc2\.bias"),
-    (lambda sd: sd.update({"decoder_pred.bias": torch.zeros(5)}), r"mis-shaped keys: decoder\.decoder_pred\.bias: checkpoint \(5,\)"),
-    (lambda sd: sd.update({k.replace("blocks.1.", "blocks.3."): sd.pop(k) for k in list(sd) if k.startswith("blocks.1.")}),
-     r"Blocks \[1, 2\] are missing"),
+    (lambda sd: sd.update({"decoder_pred.bias": torch.zeros(5)}),
+     r"mis-shaped keys: decoder\.decoder_pred\.bias: checkpoint \(5,\)"),
+    (lambda sd: sd.update({k.replace("blocks.1.", "blocks.3."): sd.pop(k) for k in list(sd)
+                           if k.startswith("blocks.1.")}), r"Blocks \[1, 2\] are missing"),
 ])
 def test_unknown_missing_and_misshaped_keys_are_named(tmp_path, edit, message):
     sd = tiny_sd()

@@ -124,7 +124,8 @@ def test_card_with_measured_results():
     card = ModelCard(text)
     assert card.data.license == "apache-2.0" and card.data.datasets == ["uoft-cs/cifar10"]
     values = {r.metric_name: r.metric_value for r in card.data.eval_results}
-    assert values == {"Certified accuracy at r=0.0 (sigma=0.25)": 60.0, "Certified accuracy at r=0.25 (sigma=0.25)": 45.0,
+    assert values == {"Certified accuracy at r=0.0 (sigma=0.25)": 60.0,
+                      "Certified accuracy at r=0.25 (sigma=0.25)": 45.0,
                       "Certified accuracy at r=0.5 (sigma=0.25)": 20.0, "ACR (sigma=0.25)": 0.312}
     assert "| sigma=0.25 | 100 | 60.0 | 45.0 | 20.0 | 0.312 |" in text
 

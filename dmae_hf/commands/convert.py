@@ -1,4 +1,4 @@
-"""`dmae convert`: official DMAE / transformers ViTMAE checkpoints -> dmae-hf checkpoints (see `dmae_hf.convert_dmae`)."""
+"""`dmae convert`: official DMAE or transformers ViTMAE checkpoints -> dmae-hf checkpoints (`dmae_hf.convert_dmae`)."""
 
 
 def register(subparsers):
