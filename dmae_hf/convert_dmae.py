@@ -246,6 +246,20 @@ def rename_vit_mae(state: dict) -> tuple[dict, list[str]]:
     return out, unknown
 
 
+def official_name(key: str) -> str | None:
+    """The official (timm) name of a dmae-hf weight, the inverse of `rename_official` (None if it has none)."""
+    for old, new in _OFFICIAL_RENAMES.items():
+        if new == key:
+            return old
+    m = re.fullmatch(r"(dmae\.layers|decoder\.decoder_layers)\.(\d+)\.(.+)", key)
+    if m:
+        for old, new in _BLOCK_RENAMES.items():
+            if m.group(3).startswith(new):
+                blocks = "blocks" if m.group(1) == "dmae.layers" else "decoder_blocks"
+                return f"{blocks}.{m.group(2)}.{old}{m.group(3)[len(new):]}"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------- architecture
 def _depth(state: dict, prefix: str) -> int:
     indices = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
@@ -321,19 +335,25 @@ def infer_architecture(state: dict, hf_config: dict | None = None, preset: str |
     return arch
 
 
-def check_state_dict(model: torch.nn.Module, state: dict, unknown: list[str], source: str) -> None:
-    """Fail, naming the keys, on source keys no rule maps, missing model weights or shape mismatches."""
+def check_state_dict(model: torch.nn.Module, state: dict, unknown: list[str], source: str, official: bool) -> None:
+    """Fail, naming the keys, on source keys no rule maps, missing model weights or shape mismatches. Keys are
+    named as in the source checkpoint (official names, with the dmae-hf name in parentheses)."""
+
+    def name(key):
+        old = official_name(key) if official else None
+        return f"{old} ({key})" if old else key
+
     expected = model.state_dict()
     problems = []
     if unknown:
         problems.append(f"unknown keys in the {source} checkpoint: {sorted(unknown)}")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
-        problems.append(f"keys this model has no place for: {unexpected}")
+        problems.append(f"keys this model has no place for: {[name(k) for k in unexpected]}")
     missing = sorted(set(expected) - set(state))
     if missing:
-        problems.append(f"missing keys (model weights the checkpoint does not provide): {missing}")
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        problems.append(f"missing keys (model weights the checkpoint does not provide): {[name(k) for k in missing]}")
+    shapes = [f"{name(k)}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if shapes:
         problems.append("mis-shaped keys: " + "; ".join(shapes))
@@ -397,7 +417,7 @@ def convert_state_dict(state: dict, hf_config: dict | None = None, *, preset: st
     config = DMAEConfig(**arch, **extra)
     config.architectures = [model_class.__name__]
     model = model_class(config)
-    check_state_dict(model, renamed, unknown, _SOURCES[layout])
+    check_state_dict(model, renamed, unknown, _SOURCES[layout], official=layout != "vit-mae")
     model.load_state_dict({k: v.float() for k, v in renamed.items()}, strict=True)
     return model.eval()
 

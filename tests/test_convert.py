@@ -325,9 +325,11 @@ def test_corrupt_and_truncated_files_fail_clearly(tmp_path):
 @pytest.mark.parametrize("edit, message", [
     (lambda sd: sd.update({"blocks.0.attn.extra.weight": torch.zeros(2)}),
      r"unknown keys.*blocks\.0\.attn\.extra\.weight"),
-    (lambda sd: sd.pop("blocks.1.mlp.fc2.bias"), r"missing keys.*dmae\.layers\.1\.mlp\.fc2\.bias"),
+    (lambda sd: sd.pop("blocks.1.mlp.fc2.bias"), r"missing keys.*blocks\.1\.mlp\.fc2\.bias \(dmae\.layers\.1\.mlp"),
     (lambda sd: sd.update({"decoder_pred.bias": torch.zeros(5)}),
-     r"mis-shaped keys: decoder\.decoder_pred\.bias: checkpoint \(5,\)"),
+     r"mis-shaped keys: decoder_pred\.bias \(decoder\.decoder_pred\.bias\): checkpoint \(5,\) vs model \(192,\)"),
+    (lambda sd: sd.pop("decoder_blocks.0.attn.qkv.bias"),
+     r"missing keys.*decoder_blocks\.0\.attn\.qkv\.bias \(decoder\.decoder_layers\.0\.attention\.qkv\.bias\)"),
     (lambda sd: sd.update({k.replace("blocks.1.", "blocks.3."): sd.pop(k) for k in list(sd)
                            if k.startswith("blocks.1.")}), r"Blocks \[1, 2\] are missing"),
 ])
@@ -355,6 +357,11 @@ def test_wrong_architecture_and_missing_options_fail(tmp_path):
         convert(tmp_path / "cls.pth", tmp_path / "o4", num_heads=2)
     with pytest.raises(CheckpointError, match="--num-labels 100 does not match the checkpoint's head of 10"):
         convert(tmp_path / "cls.pth", tmp_path / "o5", num_heads=2, sigma=0.25, num_labels=100)
+    with_norm = tiny_sd("classifier")
+    with_norm.update({"norm.weight": torch.ones(32), "norm.bias": torch.zeros(32)})
+    torch.save({"model": with_norm}, tmp_path / "cls_norm.pth")
+    with pytest.raises(CheckpointError, match=r"no place for: \['norm\.bias \(dmae\.layernorm\.bias\)'"):
+        convert(tmp_path / "cls_norm.pth", tmp_path / "o7", num_heads=2, sigma=0.25)
     probe = tiny_sd("classifier")
     probe.update({"head.1.weight": probe.pop("head.weight"), "head.0.running_mean": torch.zeros(32)})
     torch.save({"model": probe}, tmp_path / "probe.pth")
