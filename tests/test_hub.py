@@ -219,3 +219,18 @@ def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
         bare = [path for _, path in hub.requests if re.search(r"/(api/models/)?dmae-vit-base(-sigma0\.25)?(/|$)",
                                                                  path) and "/tester/" not in path]
         assert not bare, bare
+
+
+def test_model_card_cli_renders_a_checkpoint_with_results(tmp_path):
+    from dmae_hf.model_card import main
+
+    ckpt = tmp_path / "dmae-tiny-cifar10"
+    default_config("dmae-tiny-cifar10").save_pretrained(ckpt)
+    results = {"radii": [0.0, 0.5], "rows": [{"name": "sigma=0.25", "certified_accuracy": [0.5, 0.25], "acr": 0.2,
+                                              "n_images": 40}], "envelope": None}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["dmae-tiny-cifar10", "--config-dir", str(ckpt), "--results", str(tmp_path / "results.json"),
+                 "--out", str(ckpt)]) == 0
+    card = ModelCard.load(ckpt / "README.md")
+    assert [r.metric_value for r in card.data.eval_results] == [50.0, 25.0, 0.2]
+    assert "Measured results below come from this repository's weights" in card.text
