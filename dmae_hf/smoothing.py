@@ -1,9 +1,399 @@
-"""Randomized-smoothing PREDICT and CERTIFY (Cohen et al., 2019). Placeholder until the certification issue lands."""
+"""Randomized smoothing: PREDICT and CERTIFY of Cohen, Rosenfeld & Kolter (2019), plus a sequential CERTIFY.
+
+The smoothed classifier of a base classifier f is
+
+    g(x) = argmax_c P(f(x + eps) = c),   eps ~ N(0, sigma^2 I),
+
+with the noise added to [0, 1] pixels. If the top class has probability pA >= pA_lower > 1/2, then g is constant on
+the L2 ball of radius R = sigma * PhiInv(pA_lower) around x (Cohen et al., Theorem 1).
+
+Everything here is Monte Carlo over noisy copies of x, so each result holds with probability >= 1 - alpha:
+
+* `predict` returns g(x), or abstains; P(it returns a class other than g(x)) <= alpha.
+* `certify` returns (class, radius), or abstains; P(it returns a class c with a radius that the true
+  P(f(x + eps) = c) does not support, i.e. pA(c) < pA_lower) <= alpha.
+
+Reproducibility: the noise of image x for stage s ("selection", "estimation", "predict") is cut into blocks of
+`NOISE_BLOCK` samples, and block j is drawn from its own generator seeded by mix(seed, s, j). Forward batches are
+assembled from (parts of) blocks, possibly of several images, so counts do not depend on `batch_size` nor on the
+position of an image in the batch (up to the base classifier's own batch-size-dependent rounding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+
+import torch
+from scipy.stats import beta, binomtest, norm
+
+from .modeling_dmae import add_gaussian_noise, check_pixel_values
+
+NOISE_BLOCK = 256
+_SELECTION, _ESTIMATION, _PREDICT = 0, 1, 2
+_MASK64 = (1 << 64) - 1
 
 
-def predict(*args, **kwargs):
-    raise NotImplementedError("dmae_hf.smoothing.predict is being implemented (issue 3).")
+@dataclass
+class Certificate:
+    """The result of `certify` for one image. `prediction` is None when the certifier abstains (never -1)."""
+
+    prediction: int | None
+    radius: float
+    pA_lower: float
+    counts: list[int]
+    n0: int
+    n: int
+    alpha: float
+    sigma: float
+    seed: int
+    elapsed: float
+    method: str = "cohen"
+    num_samples: int = 0
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction is None
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "abstained": self.abstained}
 
 
-def certify(*args, **kwargs):
-    raise NotImplementedError("dmae_hf.smoothing.certify is being implemented (issue 3).")
+@dataclass
+class Prediction:
+    """The result of `predict` for one image. `prediction` is None when the test abstains (never -1)."""
+
+    prediction: int | None
+    counts: list[int]
+    pvalue: float
+    n: int
+    alpha: float
+    sigma: float
+    seed: int
+    elapsed: float
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction is None
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "abstained": self.abstained}
+
+
+# ----------------------------------------------------------------------------------------------------------- statistics
+def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson lower bound on p from k successes in n Bernoulli(p) trials:
+    the alpha-quantile of Beta(k, n - k + 1), and 0 when k = 0. P(p < bound) <= alpha for every p."""
+    return 0.0 if k <= 0 else float(beta.ppf(alpha, k, n - k + 1))
+
+
+def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson upper bound: by symmetry, 1 - lower bound of the n - k failures."""
+    return 1.0 - clopper_pearson_lower(n - k, n, alpha)
+
+
+def radius_from_bound(pA_lower: float, sigma: float) -> float:
+    """Certified L2 radius sigma * PhiInv(pA_lower) (0 below 1/2, where nothing is certified)."""
+    return float(sigma * norm.ppf(pA_lower)) if pA_lower > 0.5 else 0.0
+
+
+def look_schedule(n: int, first_look: int = 1000) -> list[int]:
+    """Cumulative sample counts at which `method="adaptive"` looks: first_look, 2 first_look, 4 first_look, ..., n."""
+    looks, m = [], min(first_look, n)
+    while m < n:
+        looks.append(m)
+        m *= 2
+    return looks + [n]
+
+
+# ---------------------------------------------------------------------------------------------------------------- noise
+def _mix(*values: int) -> int:
+    """SplitMix64 chained over the values: a fixed, hash-free seed for a (seed, stage, block) triple."""
+    z = 0
+    for v in values:
+        z = (z ^ (v & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+        z ^= z >> 31
+    return z
+
+
+class _NoisyStream:
+    """x + N(0, sigma^2 I) copies of one image for one stage of `total` samples, block by block."""
+
+    def __init__(self, x: torch.Tensor, sigma: float, seed: int, stage: int, total: int):
+        self.x, self.sigma, self.seed, self.stage, self.total = x, sigma, seed, stage, total
+        self.block, self.buffer, self.pos = 0, None, 0
+
+    def take(self, m: int) -> list[torch.Tensor]:
+        pieces = []
+        while m > 0:
+            if self.buffer is None or self.pos == self.buffer.shape[0]:
+                size = min(NOISE_BLOCK, self.total - self.block * NOISE_BLOCK)
+                if size <= 0:
+                    raise RuntimeError(f"noise stream exhausted after {self.total} samples")
+                generator = torch.Generator(device=self.x.device)
+                generator.manual_seed(_mix(self.seed, self.stage, self.block))
+                self.buffer = add_gaussian_noise(self.x.expand(size, *self.x.shape), self.sigma, generator=generator)
+                self.block, self.pos = self.block + 1, 0
+            k = min(m, self.buffer.shape[0] - self.pos)
+            pieces.append(self.buffer[self.pos : self.pos + k])
+            self.pos, m = self.pos + k, m - k
+        return pieces
+
+
+# ------------------------------------------------------------------------------------------------------------- sampling
+class _Sampler:
+    """Counts f's votes on noisy copies of several images, packing their samples into shared forward batches."""
+
+    def __init__(self, base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total):
+        self.f, self.x, self.sigma, self.seed, self.batch_size = base_classifier, x, sigma, seed, batch_size
+        self.device = x.device
+        self.autocast = (
+            torch.autocast(device_type=self.device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        self.num_classes = None
+        self.pbar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.pbar = tqdm(total=total, desc="noisy samples", unit="sample")
+
+    def streams(self, stage: int, total: int) -> list[_NoisyStream]:
+        return [_NoisyStream(xi, self.sigma, self.seed, stage, total) for xi in self.x]
+
+    def count(self, requests: list[tuple[int, _NoisyStream, int]]) -> torch.Tensor:
+        """Votes (num_images, num_classes) of f on `m` more samples of each (image, stream, m); one host sync."""
+        counts = None
+        pieces, owners, sizes, filled = [], [], [], 0
+        for i, stream, m in requests:
+            while m > 0:
+                k = min(m, self.batch_size - filled)
+                for piece in stream.take(k):
+                    pieces.append(piece)
+                    owners.append(i)
+                    sizes.append(piece.shape[0])
+                filled, m = filled + k, m - k
+                if filled == self.batch_size:
+                    counts = self._forward(pieces, owners, sizes, counts)
+                    pieces, owners, sizes, filled = [], [], [], 0
+        if filled:
+            counts = self._forward(pieces, owners, sizes, counts)
+        return counts.view(self.x.shape[0], self.num_classes).cpu()
+
+    def _forward(self, pieces, owners, sizes, counts):
+        batch = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        with self.autocast:
+            logits = self.f(batch)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"base_classifier must map a ({batch.shape[0]}, C, H, W) batch to logits "
+                             f"({batch.shape[0]}, num_classes); got {shape}.")
+        if self.num_classes is None:
+            self.num_classes = logits.shape[1]
+        elif logits.shape[1] != self.num_classes:
+            raise ValueError(f"base_classifier returned {logits.shape[1]} classes after {self.num_classes}.")
+        num_images, k = self.x.shape[0], self.num_classes
+        if counts is None:
+            counts = torch.zeros(num_images * k, dtype=torch.long, device=logits.device)
+        votes = logits.argmax(dim=1)
+        if len(set(owners)) == 1:
+            counts[owners[0] * k : (owners[0] + 1) * k] += torch.bincount(votes, minlength=k)
+        else:
+            owner = torch.repeat_interleave(torch.tensor(owners, device=logits.device),
+                                            torch.tensor(sizes, device=logits.device))
+            counts += torch.bincount(owner * k + votes, minlength=num_images * k)
+        if self.pbar is not None:
+            self.pbar.update(batch.shape[0])
+        return counts
+
+    def close(self):
+        if self.pbar is not None:
+            self.pbar.close()
+
+
+# ----------------------------------------------------------------------------------------------------------- validation
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _prepare(base_classifier, x, sigma, alpha, batch_size, seed, autocast_dtype):
+    """Validate the common arguments; return x as a float32 (B, C, H, W) tensor on the classifier's device."""
+    if not callable(base_classifier):
+        raise ValueError(f"base_classifier must be callable (a torch module or function), got {base_classifier!r}.")
+    if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a (C, H, W) or (B, C, H, W) tensor of [0, 1] pixels, got {shape}.")
+    single = x.ndim == 3
+    x = x.unsqueeze(0) if single else x
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch.")
+    check_pixel_values(x, num_channels=x.shape[1], clean=True)
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"x must be in [0, 1] pixel space (got values in [{lo:.3g}, {hi:.3g}]).")
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a finite number > 0 (the noise level in [0, 1] pixel units), got {sigma!r}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}.")
+    _check_int("batch_size", batch_size)
+    _check_int("seed", seed, minimum=0)
+    if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}.")
+    module = base_classifier if isinstance(base_classifier, torch.nn.Module) else getattr(base_classifier, "__self__", None)
+    param = next(module.parameters(), None) if isinstance(module, torch.nn.Module) else None
+    device = param.device if param is not None else x.device
+    return x.to(device=device, dtype=torch.float32), single
+
+
+# ---------------------------------------------------------------------------------------------------------- public API
+@torch.inference_mode()
+def predict(base_classifier, x, sigma, n=100_000, alpha=0.001, batch_size=1000, seed=0, *, autocast_dtype=None,
+            progress=False):
+    """Cohen et al.'s PREDICT: g(x), or abstain.
+
+    Draw n noisy samples, let nA >= nB be the two largest class counts, and return the top class iff the two-sided
+    binomial test of nA ~ Bin(nA + nB, 1/2) rejects at level alpha; otherwise abstain (`prediction=None`).
+    Guarantee: P(the returned class is not g(x)) <= alpha.
+
+    Args:
+        base_classifier: callable mapping a float32 (N, C, H, W) batch of noisy [0, 1] images to logits (N, K).
+        x: (C, H, W) image -> one `Prediction`; (B, C, H, W) batch -> a list (each image uses `seed`).
+        sigma: noise level in [0, 1] pixel units.
+        autocast_dtype: run f under `torch.autocast` in this dtype (the noise is drawn and added in float32 first).
+    """
+    start = time.perf_counter()
+    x, single = _prepare(base_classifier, x, sigma, alpha, batch_size, seed, autocast_dtype)
+    n = _check_int("n", n)
+    sampler = _Sampler(base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total=n * len(x))
+    streams = sampler.streams(_PREDICT, n)
+    counts = sampler.count([(i, s, n) for i, s in enumerate(streams)]).tolist()
+    sampler.close()
+    elapsed = (time.perf_counter() - start) / len(x)
+    results = []
+    for c in counts:
+        top = sorted(range(len(c)), key=lambda k: (-c[k], k))[:2]
+        nA, nB = c[top[0]], (c[top[1]] if len(top) > 1 else 0)
+        pvalue = float(binomtest(nA, nA + nB, 0.5).pvalue)
+        results.append(Prediction(top[0] if pvalue <= alpha else None, c, pvalue, n, alpha, float(sigma), seed,
+                                  elapsed))
+    return results[0] if single else results
+
+
+@torch.inference_mode()
+def certify(base_classifier, x, sigma, n0=100, n=100_000, alpha=0.001, batch_size=1000, seed=0, *,
+            autocast_dtype=None, method="cohen", progress=False, **method_kwargs):
+    """Cohen et al.'s CERTIFY: a class and a certified L2 radius, or abstain.
+
+    method="cohen": draw n0 samples and guess cA = argmax of their counts; draw n fresh samples with nA votes for cA;
+    pA_lower = one-sided Clopper-Pearson lower bound at level alpha; abstain if pA_lower < 1/2, else return cA with
+    radius sigma * PhiInv(pA_lower). Guarantee: P(pA(cA) < pA_lower and not abstained) <= alpha, so with probability
+    >= 1 - alpha the returned class is g(x) and g is constant on the returned L2 ball.
+
+    method="adaptive": the same selection, then the estimation samples are drawn in the pre-scheduled looks
+    `look_schedule(n, first_look)` = N_1 < N_2 < ... < N_K = n (N_1 = first_look, doubling). At look k the
+    Clopper-Pearson bounds of the cumulative nA out of N_k are taken at level alpha / K. By the union bound, with
+    probability >= 1 - alpha every look's lower bound is below pA(cA) simultaneously, so the bound reported at
+    whichever look the rule below stops is valid, whatever the rule (it only decides when to stop):
+      (a) abstain when the upper bound is < 1/2 (hopeless);
+      (b) stop when the radius reaches `target_radius` (method kwarg, default None = off);
+      (c) stop when even nA + (n - N_k) votes out of n would raise the radius by <= `radius_tolerance` (default 0);
+      (d) stop when the point estimate nA / N_k extrapolated to n would raise it by <= `estimate_tolerance`
+          (default None = off; a heuristic, still valid).
+    The price is alpha / K instead of alpha at the full budget, i.e. a slightly smaller maximal radius.
+    `num_samples` records the samples drawn, and `counts` the votes of the estimation samples drawn.
+
+    Args:
+        base_classifier: callable mapping a float32 (N, C, H, W) batch of noisy [0, 1] images to logits (N, K).
+        x: (C, H, W) image -> one `Certificate`; (B, C, H, W) batch -> a list (each image uses `seed`, and gets
+            the same certificate as alone).
+        sigma: noise level in [0, 1] pixel units; the radius is in the L2 norm of [0, 1] pixels of x.
+        n0, n: selection and estimation samples (n0 <= n). alpha: failure probability.
+        batch_size: noisy samples per forward pass (samples of several images share a pass).
+        autocast_dtype: run f under `torch.autocast` in this dtype (the noise is drawn and added in float32 first).
+        method_kwargs: for "adaptive", `first_look` (1000), `target_radius`, `radius_tolerance`,
+            `estimate_tolerance`.
+    """
+    start = time.perf_counter()
+    x, single = _prepare(base_classifier, x, sigma, alpha, batch_size, seed, autocast_dtype)
+    n0, n = _check_int("n0", n0), _check_int("n", n)
+    if n0 > n:
+        raise ValueError(f"n0 ({n0}) must not exceed n ({n}): the selection sample is the small one.")
+    if method not in ("cohen", "adaptive"):
+        raise ValueError(f"method must be 'cohen' or 'adaptive', got {method!r}.")
+    options = _adaptive_options(n, **method_kwargs) if method == "adaptive" else None
+    if method == "cohen" and method_kwargs:
+        raise ValueError(f"method='cohen' takes no extra options, got {sorted(method_kwargs)}.")
+    sampler = _Sampler(base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total=(n0 + n) * len(x))
+    selection = sampler.count([(i, s, n0) for i, s in enumerate(sampler.streams(_SELECTION, n0))])
+    guesses = selection.argmax(dim=1).tolist()  # first maximal class on ties
+    estimation = sampler.streams(_ESTIMATION, n)
+    if method == "cohen":
+        counts = sampler.count([(i, s, n) for i, s in enumerate(estimation)]).tolist()
+        results = [_certificate(c, cA, n, alpha, sigma, n0, n, seed, "cohen") for c, cA in zip(counts, guesses)]
+    else:
+        results = _adaptive(sampler, estimation, guesses, n0, n, alpha, sigma, seed, **options)
+    sampler.close()
+    elapsed = (time.perf_counter() - start) / len(x)
+    for r in results:
+        r.elapsed = elapsed
+    return results[0] if single else results
+
+
+def _certificate(counts, cA, drawn, level, sigma, n0, n, seed, method, alpha=None):
+    """CERTIFY's decision from nA = counts[cA] votes out of `drawn`, with a Clopper-Pearson bound at `level`."""
+    pA_lower = clopper_pearson_lower(counts[cA], drawn, level)
+    abstain = pA_lower < 0.5
+    return Certificate(None if abstain else cA, 0.0 if abstain else radius_from_bound(pA_lower, sigma), pA_lower,
+                       counts, n0, n, level if alpha is None else alpha, float(sigma), seed, 0.0, method, n0 + drawn)
+
+
+def _adaptive_options(n, first_look=1000, target_radius=None, radius_tolerance=0.0, estimate_tolerance=None):
+    _check_int("first_look", first_look)
+    for name, value in [("target_radius", target_radius), ("estimate_tolerance", estimate_tolerance),
+                        ("radius_tolerance", radius_tolerance)]:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0):
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+    return dict(looks=look_schedule(n, first_look), target_radius=target_radius,
+                radius_tolerance=radius_tolerance, estimate_tolerance=estimate_tolerance)
+
+
+def _adaptive(sampler, streams, guesses, n0, n, alpha, sigma, seed, looks, target_radius, radius_tolerance,
+              estimate_tolerance):
+    """Sequential estimation over the pre-scheduled `looks`, each at level alpha / len(looks); see `certify`."""
+    level = alpha / len(looks)
+    counts = [None] * len(streams)
+    results = [None] * len(streams)
+    drawn = 0
+    for look in looks:
+        active = [i for i, r in enumerate(results) if r is None]
+        if not active:
+            break
+        votes = sampler.count([(i, streams[i], look - drawn) for i in active])
+        drawn = look
+        for i in active:
+            c = votes[i] if counts[i] is None else counts[i] + votes[i]
+            counts[i] = c
+            nA = int(c[guesses[i]])
+            lower = clopper_pearson_lower(nA, look, level)
+            radius = radius_from_bound(lower, sigma)
+            stop = (
+                look == n
+                or clopper_pearson_upper(nA, look, level) < 0.5
+                or (target_radius is not None and lower >= 0.5 and radius >= target_radius)
+                or radius_from_bound(clopper_pearson_lower(nA + n - look, n, level), sigma) - radius <= radius_tolerance
+                or (estimate_tolerance is not None
+                    and radius_from_bound(clopper_pearson_lower(round(nA * n / look), n, level), sigma) - radius
+                    <= estimate_tolerance)
+            )
+            if stop:
+                results[i] = _certificate(c.tolist(), guesses[i], look, level, sigma, n0, n, seed, "adaptive", alpha)
+    return results
