@@ -174,6 +174,7 @@ CLIENT = textwrap.dedent('''
     for repo in sys.argv[2:]:
         card = open(hf_hub_download(repo, "README.md")).read()
         code = re.search(r"```python\\n(.*?)```", card, re.S).group(1)
+        code = re.sub(r"\\bn=[0-9_]+", "n=200", code)  # fewer Monte Carlo samples than the paper's, for speed
         exec(compile(code, f"{repo}/README.md", "exec"), {})
     print("REPORT" + json.dumps(report))
 ''')
@@ -191,12 +192,13 @@ def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
         env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN="x", HF_HOME=str(tmp_path / "hf_home"),
                    HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", DMAE_HF_NAMESPACE="tester",
                    PYTHONPATH=str(REPO_ROOT))
-        cards_to_run = ["tester/dmae-vit-base"]
+        cards_to_run = ["tester/dmae-vit-base", "tester/dmae-vit-base-sigma0.25"]
         result = subprocess.run([sys.executable, "-c", CLIENT, str(tmp_path), *cards_to_run], env=env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-4000:]
         report = json.loads(result.stdout.split("REPORT", 1)[1])
         assert "(1, 16, 192) (1, 17, 32)" in result.stdout  # the pre-training card's example printed its outputs
+        assert re.search(r"^(abstain|\w+ certified L2 radius [0-9.]+)$", result.stdout, re.M)  # the classifier's
 
         assert report["pretraining_equal"] and report["classifier_logits_equal"]
         assert report["auto"] == {"AutoConfig": "DMAEConfig", "AutoModel": "DMAEModel",
