@@ -11,6 +11,7 @@ from transformers import (
 )
 
 from .configuration_dmae import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DMAEConfig
+from .hub_names import SHORT_NAMES, install_short_name_hook
 from .image_processing_dmae import DMAEImageProcessor
 from .modeling_dmae import (
     DMAEForPreTraining,
@@ -37,6 +38,9 @@ DMAEForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 DMAEForSmoothedClassification.register_for_auto_class("AutoModelForImageClassification")
 DMAEImageProcessor.register_for_auto_class("AutoImageProcessor")
 
+# Short names ("dmae-vit-base", "dmae-vit-base-sigma0.25", ...) resolve in every loader; see `dmae_hf/hub_names.py`.
+install_short_name_hook()
+
 __all__ = [
     "DMAEConfig",
     "DMAEImageProcessor",
@@ -45,6 +49,7 @@ __all__ = [
     "DMAEForPreTraining",
     "DMAEForSmoothedClassification",
     "add_gaussian_noise",
+    "SHORT_NAMES",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
     "CIFAR10_MEAN",

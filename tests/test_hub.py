@@ -1,0 +1,238 @@
+"""Short names, model cards and Hub round trips (over a loopback fake Hub, `tests/hub_server.py`)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
+
+import dmae_hf
+from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcessor, hub_names
+from dmae_hf.model_card import default_config, render_model_card, write_all_cards
+
+from conftest import REPO_ROOT
+from hub_server import FakeHub
+from test_convert import official_checkpoint
+
+CLASSIFIER = "dmae-vit-base-sigma0.25"
+
+
+# ------------------------------------------------------------------------------------------------------ short names
+def test_table_covers_the_released_models():
+    names = set(hub_names.SHORT_NAMES)
+    expected = {"dmae-vit-base", "dmae-vit-large", "dmae-tiny-cifar10"}
+    expected |= {f"dmae-vit-{a}-sigma{s}" for a in ("base", "large") for s in (0.25, 0.5, 1.0)}
+    expected |= {f"dmae-vit-base-cifar10-sigma{s}" for s in (0.25, 0.5, 1.0)}
+    assert names == expected
+    assert hub_names.SHORT_NAMES["dmae-vit-large-sigma0.5"].sigma == 0.5
+    assert hub_names.SHORT_NAMES["dmae-vit-large"].kind == "pretraining"
+
+
+def test_resolution_uses_the_namespace_and_passes_other_names_through(monkeypatch, tmp_path):
+    monkeypatch.delenv(hub_names.NAMESPACE_ENV, raising=False)
+    assert hub_names.resolve("dmae-vit-base") == "dmae-hf/dmae-vit-base"
+    monkeypatch.setenv(hub_names.NAMESPACE_ENV, "my-org")
+    assert hub_names.resolve(CLASSIFIER) == f"my-org/{CLASSIFIER}"
+    for untouched in ("facebook/vit-mae-base", "someone/dmae-vit-base", "google-bert/bert-base-uncased", "gpt2",
+                      str(tmp_path)):
+        assert hub_names.resolve(untouched) == untouched
+    local = tmp_path / "dmae-vit-base"  # an existing local directory wins over the short name
+    local.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert hub_names.resolve("dmae-vit-base") == "dmae-vit-base"
+    with pytest.raises(ValueError, match=r"Unknown DMAE short name 'dmae-vit-bsae'.*dmae-vit-base, dmae-vit-large"):
+        hub_names.resolve("dmae-vit-bsae")
+
+
+@pytest.mark.parametrize("loader", [
+    lambda n: dmae_hf.DMAEForPreTraining.from_pretrained(n), lambda n: AutoConfig.from_pretrained(n),
+    lambda n: AutoModel.from_pretrained(n), lambda n: AutoModelForImageClassification.from_pretrained(n),
+    lambda n: AutoImageProcessor.from_pretrained(n),
+    lambda n: pipeline("certified-image-classification", model=n),
+], ids=["DMAEForPreTraining", "AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor",
+        "pipeline"])
+def test_unknown_short_names_list_the_known_ones(loader):
+    with pytest.raises(ValueError, match=r"Unknown DMAE short name 'dmae-vit-huge'.*Known short names: dmae-vit-base"):
+        loader("dmae-vit-huge")
+
+
+def test_packaged_checkpoint_is_used_when_present(monkeypatch, tmp_path):
+    """`dmae-tiny-cifar10` loads from dmae_hf/checkpoints/ (here redirected to a temporary copy) with no Hub."""
+    config = DMAEConfig.from_preset("tiny", num_labels=10, smoothing_sigma=0.25)
+    torch.manual_seed(0)
+    model = DMAEForSmoothedClassification(config).eval()
+    monkeypatch.setattr(hub_names, "PACKAGED_CHECKPOINTS", tmp_path)
+    assert hub_names.resolve("dmae-tiny-cifar10") == f"{hub_names.namespace()}/dmae-tiny-cifar10"  # not there yet
+    model.save_pretrained(tmp_path / "dmae-tiny-cifar10")
+    DMAEImageProcessor.for_cifar10().save_pretrained(tmp_path / "dmae-tiny-cifar10")
+    assert hub_names.resolve("dmae-tiny-cifar10") == str(tmp_path / "dmae-tiny-cifar10")
+    loaded = AutoModelForImageClassification.from_pretrained("dmae-tiny-cifar10").eval()
+    assert isinstance(loaded, DMAEForSmoothedClassification)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert AutoImageProcessor.from_pretrained("dmae-tiny-cifar10").do_resize is False
+
+
+# ------------------------------------------------------------------------------------------------------ model cards
+def test_committed_cards_are_the_generated_ones(tmp_path):
+    generated = {p.name: p.read_text() for p in write_all_cards(tmp_path)}
+    committed = {p.name: p.read_text() for p in (REPO_ROOT / "model_cards").glob("*.md")}
+    assert set(committed) == set(generated), "run: python -m dmae_hf.model_card --all --out model_cards/"
+    for name, text in generated.items():
+        assert committed[name] == text, f"model_cards/{name} is stale; regenerate it"
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "model_cards").glob("*.md")), ids=lambda p: p.stem)
+def test_card_metadata_parses(path):
+    text = path.read_text()
+    meta = yaml.safe_load(text.split("---\n")[1])
+    card = ModelCard(text)
+    assert card.data.license == meta["license"] == "cc-by-nc-4.0"
+    assert {"certified-robustness", "randomized-smoothing"} <= set(meta["tags"])
+    assert "ILSVRC/imagenet-1k" in meta["datasets"]
+    assert "Wu, Quanlin and Ye, Hang and Gu, Yuntian and Zhang, Huishuai and Wang, Liwei and He, Di" in text
+    assert "not yet published" in text
+    entry = hub_names.SHORT_NAMES[path.stem]
+    if entry.kind == "classifier":
+        assert meta["pipeline_tag"] == "image-classification"
+        results = card.data.eval_results
+        assert results and all(r.metric_type == "certified-accuracy" and not r.verified for r in results)
+        assert all("paper, best over sigma" in r.metric_name for r in results)
+        if entry.dataset == "imagenet-1k":
+            expected = {"vit-base": 69.6, "vit-large": 73.6}[entry.preset]  # Table 1, r = 0.5
+        else:
+            expected = 79.2  # Table 3, DMAE ViT-B, r = 0.25
+        assert results[0].metric_value == expected
+    else:
+        assert card.data.eval_results is None  # the paper's numbers are for classifiers; shown in the text only
+        assert {"vit-base": "| 69.6 |", "vit-large": "| 73.6 |"}[entry.preset] in text
+
+
+def test_card_with_measured_results():
+    results = {"radii": [0.0, 0.25, 0.5], "rows": [
+        {"name": "sigma=0.25", "certified_accuracy": [0.6, 0.45, 0.2], "acr": 0.31234, "n_images": 100}],
+        "envelope": [0.6, 0.45, 0.2]}
+    config = default_config("dmae-tiny-cifar10")
+    text = render_model_card("dmae-tiny-cifar10", config, results)
+    card = ModelCard(text)
+    assert card.data.license == "apache-2.0" and card.data.datasets == ["uoft-cs/cifar10"]
+    values = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert values == {"Certified accuracy at r=0.0 (sigma=0.25)": 60.0,
+                      "Certified accuracy at r=0.25 (sigma=0.25)": 45.0,
+                      "Certified accuracy at r=0.5 (sigma=0.25)": 20.0, "ACR (sigma=0.25)": 0.312}
+    assert "| sigma=0.25 | 100 | 60.0 | 45.0 | 20.0 | 0.312 |" in text
+
+
+# -------------------------------------------------------------------------------------------------- Hub round trip
+CLIENT = textwrap.dedent('''
+    import json, sys, torch
+    from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification,
+                              AutoModelForPreTraining)
+    import dmae_hf
+    from dmae_hf import DMAEForPreTraining, DMAEForSmoothedClassification
+    from dmae_hf.cli import main
+
+    work = sys.argv[1]
+    # 1. convert official-layout checkpoints and push them: a repo id, and a short name (-> $DMAE_HF_NAMESPACE/...)
+    assert main(["convert", f"{work}/pretrain.pth", f"{work}/out-pre", "--preset", "tiny",
+                 "--push-to-hub", "tester/dmae-vit-base"]) == 0
+    assert main(["convert", f"{work}/classifier.pth", f"{work}/out-cls", "--preset", "tiny", "--sigma", "0.25",
+                 "--normalization", "cifar10", "--push-to-hub", "dmae-vit-base-sigma0.25"]) == 0
+    report = {}
+
+    # 2. load back through the short names
+    local = DMAEForPreTraining.from_pretrained(f"{work}/out-pre")
+    remote = DMAEForPreTraining.from_pretrained("dmae-vit-base")
+    report["pretraining_equal"] = all(torch.equal(a, b) for a, b in
+                                      zip(local.state_dict().values(), remote.state_dict().values()))
+    report["auto"] = {
+        "AutoConfig": type(AutoConfig.from_pretrained("dmae-vit-base")).__name__,
+        "AutoModel": type(AutoModel.from_pretrained("dmae-vit-base")).__name__,
+        "AutoModelForPreTraining": type(AutoModelForPreTraining.from_pretrained("dmae-vit-base")).__name__,
+        "AutoModelForImageClassification": type(AutoModelForImageClassification.from_pretrained(
+            "dmae-vit-base-sigma0.25")).__name__,
+        "AutoImageProcessor": type(AutoImageProcessor.from_pretrained("dmae-vit-base-sigma0.25")).__name__,
+    }
+    classifier = DMAEForSmoothedClassification.from_pretrained("dmae-vit-base-sigma0.25").eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    reference = DMAEForSmoothedClassification.from_pretrained(f"{work}/out-cls").eval()
+    with torch.no_grad():
+        report["classifier_logits_equal"] = torch.equal(classifier(x).logits, reference(x).logits)
+    report["sigma"] = classifier.config.smoothing_sigma
+    report["label3"] = classifier.config.id2label[3]
+
+    # 3. the usage code of the pushed model cards runs as written (on image.jpg, a real ImageNet photo)
+    import re
+    from huggingface_hub import hf_hub_download
+    for repo in sys.argv[2:]:
+        card = open(hf_hub_download(repo, "README.md")).read()
+        code = re.search(r"```python\\n(.*?)```", card, re.S).group(1)
+        code = re.sub(r"\\bn=[0-9_]+", "n=200", code)  # fewer Monte Carlo samples than the paper's, for speed
+        exec(compile(code, f"{repo}/README.md", "exec"), {})
+    print("REPORT" + json.dumps(report))
+''')
+
+
+def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
+    table = pq.read_table(data_dir / "imagenet-sample" / "data" / "validation-00000-of-00001.parquet")
+    (tmp_path / "image.jpg").write_bytes(table.column("image")[0].as_py()["bytes"])
+    torch.save({"model": official_checkpoint("pretraining", dim=32, depth=2, patch=8, image=32, dec_dim=32,
+                                             dec_depth=1)}, tmp_path / "pretrain.pth")
+    torch.save({"model": official_checkpoint("classifier", dim=32, depth=2, patch=8, image=32)},
+               tmp_path / "classifier.pth")
+    with FakeHub() as hub:
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN="x", HF_HOME=str(tmp_path / "hf_home"),
+                   HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", DMAE_HF_NAMESPACE="tester",
+                   PYTHONPATH=str(REPO_ROOT))
+        cards_to_run = ["tester/dmae-vit-base", "tester/dmae-vit-base-sigma0.25"]
+        result = subprocess.run([sys.executable, "-c", CLIENT, str(tmp_path), *cards_to_run], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-4000:]
+        report = json.loads(result.stdout.split("REPORT", 1)[1])
+        assert "(1, 16, 192) (1, 17, 32)" in result.stdout  # the pre-training card's example printed its outputs
+        assert re.search(r"^(abstain|\w+ certified L2 radius [0-9.]+)$", result.stdout, re.M)  # the classifier's
+
+        assert report["pretraining_equal"] and report["classifier_logits_equal"]
+        assert report["auto"] == {"AutoConfig": "DMAEConfig", "AutoModel": "DMAEModel",
+                                  "AutoModelForPreTraining": "DMAEForPreTraining",
+                                  "AutoModelForImageClassification": "DMAEForSmoothedClassification",
+                                  "AutoImageProcessor": "DMAEImageProcessor"}
+        assert report["sigma"] == 0.25 and report["label3"] == "cat"
+
+        # what the Hub received: safetensors weights (no pickles), configs, processor config and the rendered card
+        for repo_id, card_name in (("tester/dmae-vit-base", "dmae-vit-base"),
+                                   ("tester/dmae-vit-base-sigma0.25", CLASSIFIER)):
+            files = hub.repos[repo_id].files
+            assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(files)
+            assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+            config = DMAEConfig.from_dict(json.loads(files["config.json"]))
+            assert files["README.md"].decode() == render_model_card(card_name, config, namespace="tester")
+        assert json.loads(hub.repos["tester/dmae-vit-base-sigma0.25"].files["preprocessor_config.json"])[
+            "do_resize"] is False
+        # every request carried the namespaced repo id: no bare short name ever reached the Hub
+        bare = [path for _, path in hub.requests if re.search(r"/(api/models/)?dmae-vit-base(-sigma0\.25)?(/|$)",
+                                                                 path) and "/tester/" not in path]
+        assert not bare, bare
+
+
+def test_model_card_cli_renders_a_checkpoint_with_results(tmp_path):
+    from dmae_hf.model_card import main
+
+    ckpt = tmp_path / "dmae-tiny-cifar10"
+    default_config("dmae-tiny-cifar10").save_pretrained(ckpt)
+    results = {"radii": [0.0, 0.5], "rows": [{"name": "sigma=0.25", "certified_accuracy": [0.5, 0.25], "acr": 0.2,
+                                              "n_images": 40}], "envelope": None}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["dmae-tiny-cifar10", "--config-dir", str(ckpt), "--results", str(tmp_path / "results.json"),
+                 "--out", str(ckpt)]) == 0
+    card = ModelCard.load(ckpt / "README.md")
+    assert [r.metric_value for r in card.data.eval_results] == [50.0, 25.0, 0.2]
+    assert "Measured results below come from this repository's weights" in card.text
