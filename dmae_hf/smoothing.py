@@ -25,7 +25,7 @@ import dataclasses
 import math
 import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from scipy.stats import beta, binomtest, norm
