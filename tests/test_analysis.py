@@ -200,3 +200,49 @@ def test_metric_loads_offline_and_agrees(logs, monkeypatch):
     result = metric.compute(radii=RADII)
     assert result["certified_accuracy"] == pytest.approx(A_ACC)
     assert result["acr"] == pytest.approx(A_ACR)
+
+
+def test_reproduction_report_uses_this_api(logs, tmp_path, monkeypatch, capsys):
+    """benchmarks/reproduction/reproduce.py's write_report reads rows, intervals and ACR, and writes the plot."""
+    import sys
+    import types
+
+    from conftest import REPO_ROOT
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks" / "reproduction"))
+    monkeypatch.setattr(sys, "argv", ["reproduce.py"])
+    import reproduce
+
+    args = types.SimpleNamespace(pretrain_steps=1, finetune_steps=1, batch_size=2, sigma=0.25, images=5, n0=100,
+                                 n=1000, alpha=0.001)
+    report = tmp_path / "REPORT.md"
+    reproduce.write_report(args, {"dmae": logs[0], "gaussian": logs[1]}, {"certify-dmae": 1.0}, report)
+    text = report.read_text()
+    assert "| dmae | 60.0 [14.7, 94.7] | 60.0 [14.7, 94.7] |" in text and "| 0.390 |" in text
+    assert (tmp_path / "certified_accuracy.png").stat().st_size > 0
+
+
+def test_metric_ships_in_the_built_package(tmp_path):
+    """setup.py's build copies the metric module, and evaluate loads it from there offline."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    source, build = tmp_path / "src", tmp_path / "lib"  # build a copy: setuptools writes egg-info next to setup.py
+    shutil.copytree(REPO_ROOT / "dmae_hf", source / "dmae_hf", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)], cwd=source,
+                   check=True, capture_output=True)
+    assert (build / "dmae_hf" / "metrics" / "certified_accuracy" / "certified_accuracy.py").is_file()
+    code = (f"import evaluate, dmae_hf.metrics as m; assert m.CERTIFIED_ACCURACY_PATH.startswith({str(build)!r}); "
+            "print(evaluate.load(m.CERTIFIED_ACCURACY_PATH).compute(predictions=[1, -1], references=[1, 0], "
+            "certified_radii=[0.4, 0.0], radii=[0.25])['certified_accuracy'])")
+    env = {**os.environ, "PYTHONPATH": str(build), "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("[0.5]")
