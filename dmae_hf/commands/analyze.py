@@ -10,7 +10,7 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "analyze", help="certified accuracy, 95%% intervals and ACR from certification logs (TSV)",
         description="Certified accuracy at each radius (fraction of images with correct == 1 and radius >= r), with "
-                    "two-sided 95%% Clopper-Pearson intervals, and the average certified radius, from logs written by "
+                    "two-sided 95% Clopper-Pearson intervals, and the average certified radius, from logs written by "
                     "`dmae certify` or Cohen et al.'s certify.py. With several logs, an extra row gives the best "
                     "log at each radius (as the paper's tables take the best sigma).")
     parser.add_argument("logs", nargs="+", metavar="LOG", help="certification log(s), tab-separated with a header")
