@@ -246,3 +246,12 @@ def test_metric_ships_in_the_built_package(tmp_path):
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("[0.5]")
+
+
+def test_all_abstentions(tmp_path):
+    path = tmp_path / "abstain.tsv"
+    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t-1\t0.0\t0\t1.0\n1\t2\t-1\t0.0\t0\t1.0\n")
+    (row,) = analyze_logs([path], radii=[0.0, 0.5], plot=str(tmp_path / "p.png"))["rows"]
+    assert row["certified_accuracy"] == [0.0, 0.0] and row["acr"] == 0.0 and row["abstention_rate"] == 1.0
+    assert row["confidence_intervals"][0] == pytest.approx((0.0, 1 - 0.025 ** 0.5))
+    assert (tmp_path / "p.png").stat().st_size > 0
