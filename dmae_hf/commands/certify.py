@@ -4,7 +4,8 @@
         --n0 100 --n 10000 --alpha 0.001 --batch 1000 --seed 0 --out certify.tsv
 
 Run it again with the same arguments to resume a killed run; run it under `torchrun --nproc_per_node K -m dmae_hf
-certify ...` (or `accelerate launch`) to split the images over K processes.
+certify ...` (or `accelerate launch`) to split the images over K processes. torchrun's own parser rejects `--n` and
+`--max` as ambiguous abbreviations of its options, so write their aliases `--N` and `--max-index` there.
 """
 
 import sys
@@ -20,12 +21,12 @@ def register(subparsers):
     parser.add_argument("--dataset", required=True, help="local Hub-layout dataset folder or Hub dataset id (streamed)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image (Cohen's --skip)")
-    parser.add_argument("--max", type=int, default=-1, dest="max_index",
+    parser.add_argument("--max", "--max-index", type=int, default=-1, dest="max_index",
                         help="stop at this row index, excluded (Cohen's --max; -1 = the whole split)")
     parser.add_argument("--image-column", default=None, help="default: the first Image column")
     parser.add_argument("--label-column", default="label")
-    parser.add_argument("--n0", type=int, default=100, help="selection samples per image")
-    parser.add_argument("--n", type=int, default=100_000, help="estimation samples per image")
+    parser.add_argument("--n0", "--N0", type=int, default=100, help="selection samples per image")
+    parser.add_argument("--n", "--N", type=int, default=100_000, help="estimation samples per image")
     parser.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
     parser.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="image idx uses the seed mix(seed, idx)")
