@@ -9,6 +9,7 @@ from transformers import (
     AutoModelForImageClassification,
     AutoModelForPreTraining,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_dmae import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DMAEConfig
 from .hub_names import SHORT_NAMES, install_short_name_hook
@@ -20,6 +21,7 @@ from .modeling_dmae import (
     DMAEPreTrainedModel,
     add_gaussian_noise,
 )
+from .pipeline_dmae import RandomizedSmoothingPipeline
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,15 @@ DMAEForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 DMAEForSmoothedClassification.register_for_auto_class("AutoModelForImageClassification")
 DMAEImageProcessor.register_for_auto_class("AutoImageProcessor")
 
+# The `certified-image-classification` pipeline task: `pipeline("certified-image-classification", model=...)`.
+PIPELINE_REGISTRY.register_pipeline(
+    "certified-image-classification",
+    pipeline_class=RandomizedSmoothingPipeline,
+    pt_model=AutoModelForImageClassification,
+    default={"model": ("dmae-tiny-cifar10", None)},
+    type="image",
+)
+
 # Short names ("dmae-vit-base", "dmae-vit-base-sigma0.25", ...) resolve in every loader; see `dmae_hf/hub_names.py`.
 install_short_name_hook()
 
@@ -48,6 +59,7 @@ __all__ = [
     "DMAEPreTrainedModel",
     "DMAEForPreTraining",
     "DMAEForSmoothedClassification",
+    "RandomizedSmoothingPipeline",
     "add_gaussian_noise",
     "SHORT_NAMES",
     "IMAGENET_DEFAULT_MEAN",

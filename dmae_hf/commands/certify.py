@@ -1,0 +1,76 @@
+"""`dmae certify`: certify a dataset split into a resumable TSV log (see `dmae_hf/certify_dataset.py`).
+
+    dmae certify --model DIR_OR_NAME --dataset /data/cifar10 --split test --max 500 --image-column img \\
+        --n0 100 --n 10000 --alpha 0.001 --batch 1000 --seed 0 --out certify.tsv
+
+Run it again with the same arguments to resume a killed run; run it under `torchrun --nproc_per_node K -m dmae_hf
+certify ...` (or `accelerate launch`) to split the images over K processes. torchrun's own parser rejects `--n` and
+`--max` as ambiguous abbreviations of its options, so write their aliases `--N` and `--max-index` there.
+"""
+
+import sys
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "certify", help="certify a dataset split with randomized smoothing into a resumable TSV log",
+        description="Cohen et al.'s CERTIFY on every selected image of a dataset split, at the model's sigma. "
+                    "Writes `idx label predict radius correct time pA_lower samples` rows (predict -1 = abstain). "
+                    "Resumable; multi-process under torchrun/accelerate launch.")
+    parser.add_argument("--model", required=True, help="model directory, Hub id or short name (e.g. dmae-tiny-cifar10)")
+    parser.add_argument("--dataset", required=True, help="local Hub-layout dataset folder or Hub dataset id (streamed)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image (Cohen's --skip)")
+    parser.add_argument("--max", "--max-index", type=int, default=-1, dest="max_index",
+                        help="stop at this row index, excluded (Cohen's --max; -1 = the whole split)")
+    parser.add_argument("--image-column", default=None, help="default: the first Image column")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--n0", "--N0", type=int, default=100, help="selection samples per image")
+    parser.add_argument("--n", "--N", type=int, default=100_000, help="estimation samples per image")
+    parser.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
+    parser.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="image idx uses the seed mix(seed, idx)")
+    parser.add_argument("--method", choices=["cohen", "adaptive"], default="cohen")
+    parser.add_argument("--target-radius", type=float, default=None, help="adaptive: stop once this radius is reached")
+    parser.add_argument("--first-look", type=int, default=None, help="adaptive: samples at the first look (1000)")
+    parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="run the model under autocast")
+    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--out", required=True, help="the TSV log (appended to when it exists: resume)")
+    parser.set_defaults(func=run)
+
+
+def default_device():
+    import os
+
+    import torch
+
+    if torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes"):
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def run(args) -> int:
+    import torch
+    from transformers import pipeline
+
+    from ..certify_dataset import certify_dataset
+    from ..pipeline_dmae import parse_autocast_dtype
+
+    method_kwargs = {k: v for k, v in (("target_radius", args.target_radius), ("first_look", args.first_look))
+                     if v is not None}
+    try:
+        pipe = pipeline("certified-image-classification", model=args.model, device=args.device or default_device(),
+                        dtype=torch.float32)
+        summary = certify_dataset(
+            pipe, args.dataset, args.out, split=args.split, skip=args.skip, max_index=args.max_index,
+            image_column=args.image_column, label_column=args.label_column, n0=args.n0, n=args.n, alpha=args.alpha,
+            batch_size=args.batch, seed=args.seed, method=args.method, method_kwargs=method_kwargs,
+            autocast_dtype=parse_autocast_dtype(args.autocast), progress=not args.no_progress)
+    except ValueError as error:
+        print(f"dmae certify: error: {error}", file=sys.stderr)
+        return 2
+    print(f"certified {summary['certified']} image(s), {summary['already_done']} already in the log, "
+          f"{summary['skipped_corrupt']} unreadable skipped"
+          + (f"; {args.out} has {summary['rows']} rows" if summary["rows"] is not None else ""), file=sys.stderr)
+    return 0
