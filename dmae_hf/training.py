@@ -367,7 +367,7 @@ class DataSetup:
                                          num_labels=self.num_classes)
         self.augment_size = image_size if self.crop_scale is not None else (None if self.small else image_size)
         if args.max_train_examples:
-            raw = raw.take(args.max_train_examples + args.val_size)
+            raw = data.first_examples(raw, args.max_train_examples + args.val_size)
         data.validate_stream(raw, train_dec)
         train_raw, val_raw = data.hold_out(raw, args.val_size)
         total = args.train_size
@@ -384,9 +384,11 @@ class DataSetup:
     def loader(self, dataset, batch_size: int, num_workers: int):
         from torch.utils.data import DataLoader
 
-        from .data import collate
+        from .data import UniformBatches, collate
 
         workers = min(num_workers, dataset.num_shards)
+        if workers > 1:  # workers in a nested loader, full batches out (see UniformBatches)
+            return DataLoader(UniformBatches(dataset, workers), batch_size=batch_size, collate_fn=collate)
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
                           persistent_workers=False)
 
