@@ -248,7 +248,8 @@ class UniformBatches(torch.utils.data.IterableDataset):
     def __iter__(self):
         from torch.utils.data import DataLoader
 
-        inner = DataLoader(self.dataset, batch_size=self.chunk, collate_fn=collate, num_workers=self.num_workers)
+        inner = DataLoader(self.dataset, batch_size=self.chunk, collate_fn=collate, num_workers=self.num_workers,
+                           generator=torch.Generator().manual_seed(0))  # leaves torch's global RNG alone
         for batch in inner:
             for i in range(batch["pixel_values"].shape[0]):
                 yield {k: v[i] for k, v in batch.items()}

@@ -387,10 +387,14 @@ class DataSetup:
         from .data import UniformBatches, collate
 
         workers = min(num_workers, dataset.num_shards)
+        # A private generator for the workers' base seed (decoding uses no randomness). Accelerate's batch
+        # dispatcher drops it, so the training loops also iterate through `rng_neutral`.
+        generator = torch.Generator().manual_seed(0)
         if workers > 1:  # workers in a nested loader, full batches out (see UniformBatches)
-            return DataLoader(UniformBatches(dataset, workers), batch_size=batch_size, collate_fn=collate)
+            return DataLoader(UniformBatches(dataset, workers), batch_size=batch_size, collate_fn=collate,
+                              generator=generator)
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                          persistent_workers=False)
+                          persistent_workers=False, generator=generator)
 
 
 def schedule_lengths(args, accelerator, train_size: int | None) -> tuple[int, int, float]:
@@ -415,6 +419,23 @@ def schedule_lengths(args, accelerator, train_size: int | None) -> tuple[int, in
     else:
         warmup = 0
     return total, min(warmup, total), lr
+
+
+def rng_neutral(iterable):
+    """Iterate `iterable` (a DataLoader) without touching torch's global RNG: starting a DataLoader iterator draws
+    its workers' base seed from it. A run resumed mid-epoch starts its iterator at a different step than the
+    uninterrupted run, so without this its augmentation, masks and noise would differ from the uninterrupted run's
+    from the resumed step on."""
+    state = torch.get_rng_state()
+    iterator = iter(iterable)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        return
+    finally:
+        torch.set_rng_state(state)
+    yield first
+    yield from iterator
 
 
 def set_epoch(dataloader, dataset, epoch: int) -> None:
@@ -452,5 +473,6 @@ __all__ = [
     "DataSetup",
     "schedule_lengths",
     "set_epoch",
+    "rng_neutral",
     "push_folder_to_hub",
 ]
