@@ -144,6 +144,8 @@ def quick_train(model, steps, sigma, batch_size, device):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "vit-base", "vit-large"])
+    parser.add_argument("--model", default=None,
+                        help="a trained classifier (directory or short name, e.g. dmae-tiny-cifar10) instead of a preset")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--n0", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.001)
@@ -160,7 +162,11 @@ def main(argv=None):
     torch.manual_seed(0)
     device = torch.device(args.device)
     autocast_dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
-    model = DMAEForSmoothedClassification(DMAEConfig.from_preset(args.preset, num_labels=10)).to(device)
+    if args.model:
+        model = DMAEForSmoothedClassification.from_pretrained(args.model).to(device)
+        args.preset, args.sigma, args.train_steps = args.model, model.config.smoothing_sigma, 0
+    else:
+        model = DMAEForSmoothedClassification(DMAEConfig.from_preset(args.preset, num_labels=10)).to(device)
     if args.train_steps:
         loss = quick_train(model, args.train_steps, args.sigma, 128, device)
         print(f"quick noisy training: {args.train_steps} steps, last loss {loss:.3f}")
