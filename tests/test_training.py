@@ -238,3 +238,93 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, data
     assert losses(resumed) == losses(straight)[6:]
     # the next automatic checkpoint numbers continue after the resumed one (load_state does not restore them)
     assert sorted(os.listdir(resumed / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]
+
+
+# ------------------------------------------------------------------------------------------------------ bad input
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO_ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("change,message", [
+    ({"--dataset": "{tmp}/no-such-dataset"}, r"Dataset path '.*no-such-dataset' does not exist"),
+    ({"--split": "validation"}, r"Unknown split 'validation' .*available splits: \['test', 'train'\]"),
+    ({"--image-column": "image"}, r"Unknown image column 'image' .*columns are \['img', 'label'\]"),
+    ({"--num-labels": "5"}, r"Label [5-9] is out of range: labels must be in \[0, 5\) \(num_labels=5\)"),
+])
+def test_bad_input_fails_clearly_before_training(change, message, tmp_path, data_dir):
+    args = {"--from-scratch": None, "--preset": "tiny", "--dataset": str(data_dir / "cifar10"), "--grad-accum": "1",
+            "--batch-size": "8", "--max-steps": "2", "--num-workers": "0", "--val-size": "8", "--cpu": None,
+            "--output-dir": str(tmp_path / "out")}
+    args.update({k: v.format(tmp=tmp_path) for k, v in change.items()})
+    def to_argv(options):
+        return [x for k, v in options.items() for x in ((k,) if v is None else (k, v))]
+
+    argv = to_argv(args)
+    finetune = load_example("finetune")
+    with pytest.raises(ValueError, match=message):
+        finetune.main(argv)
+    assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "metrics.jsonl").exists()
+    if "--num-labels" not in change:  # the same check guards pre-training
+        argv = to_argv({k: v for k, v in args.items() if k not in ("--from-scratch", "--val-size")})
+        with pytest.raises(ValueError, match=message):
+            load_example("pretrain").main(argv)
+
+
+# ------------------------------------------------------------------------------------------------------ Hub
+
+LOAD_AND_CERTIFY = r"""
+import json, sys
+from PIL import Image
+from transformers import AutoImageProcessor
+from dmae_hf import DMAEForSmoothedClassification
+repo, image_path = sys.argv[1], sys.argv[2]
+model = DMAEForSmoothedClassification.from_pretrained(repo).eval()
+processor = AutoImageProcessor.from_pretrained(repo)
+x = processor(Image.open(image_path).convert("RGB"), return_tensors="pt")["pixel_values"][0]
+cert = model.certify(x, n0=20, n=100, alpha=0.001, batch_size=100, seed=0)
+print("REPORT" + json.dumps({"prediction": cert.prediction, "radius": cert.radius, "n": cert.n,
+                             "counts": sum(cert.counts), "shape": list(x.shape), "sigma": model.config.smoothing_sigma,
+                             "label3": model.config.id2label[3]}))
+"""
+
+
+@pytest.mark.timeout(180)
+def test_cifar10_transfer_pushes_to_the_hub_and_the_pushed_model_certifies(pretrained, tmp_path, data_dir):
+    repo = "tester/dmae-tiny-cifar10-sigma0.25"
+    with FakeHub() as hub:
+        env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN="x", HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1",
+                   HF_HUB_DISABLE_TELEMETRY="1")
+        run_script("finetune.py", FINETUNE + ["--model", pretrained / "final", "--dataset", data_dir / "cifar10",
+                                              "--val-size", 16, "--certify-examples", 4, "--certify-n0", 10,
+                                              "--certify-n", 50, "--certify-batch", 50, "--push-to-hub", repo,
+                                              "--output-dir", tmp_path / "ft"], env=env)
+        files = hub.repos[repo].files
+        assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "eval_results.json",
+                "certification.jsonl", "certification_summary.json", "certified_accuracy.png"} <= set(files)
+        assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+        assert files["certified_accuracy.png"].startswith(b"\x89PNG")
+        assert len(files["certification.jsonl"].decode().splitlines()) == 4
+        results = json.loads(files["eval_results.json"])
+        assert results["val_examples"] == 16 and results["certification"]["num_images"] == 4
+        card = files["README.md"].decode()
+        assert card.startswith("---") and "certif" in card.lower() and "0.25" in card
+        assert json.loads(files["preprocessor_config.json"])["do_resize"] is False  # CIFAR: 32x32 as is
+        # the pushed bytes are the local final weights
+        assert files["model.safetensors"] == (tmp_path / "ft" / "final" / "model.safetensors").read_bytes()
+
+        image = REPO_ROOT / "dmae_hf" / "assets" / "cifar10" / "test_00003_cat.png"  # a real CIFAR-10 test image
+        result = subprocess.run([sys.executable, "-c", LOAD_AND_CERTIFY, repo, str(image)], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-4000:]
+        report = json.loads(result.stdout.split("REPORT", 1)[1])
+        assert report["shape"] == [3, 32, 32] and report["sigma"] == 0.25 and report["label3"] == "cat"
+        assert report["n"] == 100 and report["counts"] == 100
+        assert report["prediction"] is None or 0 <= report["prediction"] < 10
+        assert report["radius"] >= 0.0 and (report["prediction"] is not None or report["radius"] == 0.0)
+        assert any(path.startswith(f"/{repo}/resolve/") or f"/api/models/{repo}" in path for _, path in hub.requests)
