@@ -328,3 +328,22 @@ def test_cifar10_transfer_pushes_to_the_hub_and_the_pushed_model_certifies(pretr
         assert report["prediction"] is None or 0 <= report["prediction"] < 10
         assert report["radius"] >= 0.0 and (report["prediction"] is not None or report["radius"] == 0.0)
         assert any(path.startswith(f"/{repo}/resolve/") or f"/api/models/{repo}" in path for _, path in hub.requests)
+
+
+def test_accelerate_config_files_load():
+    """The launch configs the README points to parse with Accelerate's own loader; FSDP wraps a real layer class."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    import dmae_hf.modeling_dmae as modeling
+
+    kinds = {}
+    for path in sorted((REPO_ROOT / "examples" / "accelerate_configs").glob("*.yaml")):
+        config = ClusterConfig.from_yaml_file(str(path))
+        kinds[path.name] = (str(config.distributed_type).split(".")[-1], config.num_machines, config.num_processes)
+        if config.fsdp_config:
+            assert hasattr(modeling, config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
+    assert kinds == {"multi_gpu.yaml": ("MULTI_GPU", 1, 8), "multi_node.yaml": ("MULTI_GPU", 2, 16),
+                     "fsdp.yaml": ("FSDP", 1, 8), "deepspeed_zero2.yaml": ("DEEPSPEED", 1, 8)}
+    readme = (REPO_ROOT / "README.md").read_text()
+    for name in kinds:
+        assert name in readme
