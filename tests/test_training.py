@@ -1,0 +1,349 @@
+"""Training recipe pieces (`dmae_hf.training`, `dmae_hf.augment`) and the example scripts end to end on the real
+CIFAR-10 shards with the tiny preset: one process and two CPU processes (torchrun + ACCELERATE_USE_CPU), loss going
+down, exact resume, clear errors on bad input before training, and the CIFAR-10 transfer pushed to a loopback Hub,
+loaded back and certified."""
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT
+from hub_server import FakeHub
+
+from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification
+from dmae_hf.augment import DeviceAugment, MixupCutmix
+from dmae_hf.training import (
+    lr_at,
+    param_groups_layer_decay,
+    param_groups_weight_decay,
+    read_metrics,
+)
+
+# Two shared cores: one torch thread per process (two threads under contention made a tiny step 100x slower).
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), MPLBACKEND="Agg")
+TINY = ["--preset", "tiny", "--image-size", "32", "--patch-size", "8", "--grad-accum", "1", "--batch-size", "16",
+        "--shuffle-buffer", "64", "--num-workers", "1", "--recon-every", "0"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_script(script: str, args: list, processes: int = 1, env: dict | None = None, timeout: int = 150):
+    path = str(REPO_ROOT / "examples" / script)
+    if processes == 1:
+        cmd = [sys.executable, path]
+        env = dict(env or ENV)
+    else:  # the working CPU recipe: torchrun + ACCELERATE_USE_CPU (accelerate launch --cpu starts one process)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), path]
+        env = dict(env or ENV, ACCELERATE_USE_CPU="1")
+    result = subprocess.run(cmd + [str(a) for a in args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result
+
+
+def losses(output_dir) -> list[float]:
+    return [m["loss"] for m in read_metrics(os.path.join(output_dir, "metrics.jsonl")) if "loss" in m]
+
+
+def assert_loss_decreases(output_dir, k: int = 2):
+    values = losses(output_dir)
+    assert len(values) >= 2 * k, values
+    first, last = sum(values[:k]) / k, sum(values[-k:]) / k
+    assert last < first, values
+
+
+# ------------------------------------------------------------------------------------------------------ recipe pieces
+
+def test_pretraining_param_groups_follow_mae():
+    model = DMAEForPreTraining(DMAEConfig.from_preset("tiny"))
+    groups = param_groups_weight_decay(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for p in groups[0]["params"]}
+    decay = {names[id(p)] for p in groups[1]["params"]}
+    assert groups[0]["weight_decay"] == 0.0 and groups[1]["weight_decay"] == 0.05
+    params = dict(model.named_parameters())
+    assert no_decay == {n for n, p in params.items() if p.requires_grad and (p.ndim <= 1 or n.endswith(".bias"))}
+    assert any("layernorm" in n for n in no_decay) and all(params[n].ndim >= 2 for n in decay)
+    assert "dmae.embeddings.cls_token" in decay  # (1, 1, D): decayed, exactly as MAE's add_weight_decay
+    assert not any("position_embeddings" in n for n in no_decay | decay)  # fixed sin-cos: frozen, left out
+
+
+def test_finetuning_groups_layer_decay_and_no_decay_on_norms_biases_pos_cls():
+    depth, decay_rate = 2, 0.65
+    model = DMAEForSmoothedClassification(DMAEConfig.from_preset("tiny", num_labels=10))
+    groups = param_groups_layer_decay(model, 0.05, decay_rate)
+    scale, wd = {}, {}
+    for g in groups:
+        for p in g["params"]:
+            scale[id(p)], wd[id(p)] = g["lr_scale"], g["weight_decay"]
+    n_grouped = sum(len(g["params"]) for g in groups)
+    assert n_grouped == sum(1 for p in model.parameters() if p.requires_grad)
+    for name, p in model.named_parameters():
+        if name.startswith("dmae.embeddings."):
+            expected = decay_rate ** (depth + 1)  # layer 0
+        elif name.startswith("dmae.layers."):
+            i = int(name.split(".")[2])
+            expected = decay_rate ** (depth + 1 - (i + 1))  # block i = layer i + 1
+        else:  # fc_norm, classifier
+            assert name.startswith(("fc_norm.", "classifier.")), name
+            expected = 1.0
+        assert math.isclose(scale[id(p)], expected), name
+        no_wd = p.ndim == 1 or name.endswith(".bias") or name.endswith(("position_embeddings", "cls_token"))
+        assert wd[id(p)] == (0.0 if no_wd else 0.05), name
+    assert wd[id(model.dmae.embeddings.position_embeddings)] == 0.0
+    assert wd[id(model.dmae.embeddings.cls_token)] == 0.0
+    assert wd[id(model.classifier.weight)] == 0.05
+
+
+def test_warmup_cosine_schedule_values():
+    base, total, warmup, floor = 1e-3, 110, 10, 1e-6
+    assert lr_at(0, total, warmup, base, floor) == 0.0
+    assert math.isclose(lr_at(5, total, warmup, base, floor), 5e-4)
+    assert math.isclose(lr_at(10, total, warmup, base, floor), base)  # end of warmup: the peak
+    assert math.isclose(lr_at(60, total, warmup, base, floor), floor + (base - floor) * 0.5)  # half-way down
+    assert math.isclose(lr_at(35, total, warmup, base, floor), floor + (base - floor) * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert math.isclose(lr_at(110, total, warmup, base, floor), floor)
+    assert math.isclose(lr_at(500, total, warmup, base, floor), floor)  # clamped past the end
+    values = [lr_at(s, total, warmup, base, floor) for s in range(total)]
+    assert values[:warmup + 1] == sorted(values[:warmup + 1]) and values[warmup:] == sorted(values[warmup:], reverse=True)
+
+
+def test_device_augmentation_shapes_and_ranges():
+    torch.manual_seed(0)
+    big = torch.randint(0, 256, (4, 3, 64, 80), dtype=torch.uint8)
+    out = DeviceAugment(48, scale=(0.08, 1.0), randaug_n=2, erase_prob=0.5)(big)
+    assert out.shape == (4, 3, 48, 48) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    cifar = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    flipped = DeviceAugment(None, scale=None)(cifar)  # the CIFAR recipe: flip only, at 32x32
+    x = cifar.float() / 255
+    assert flipped.shape == (8, 3, 32, 32)
+    for i in range(8):  # each image is itself or its mirror image, no other change
+        assert torch.allclose(flipped[i], x[i]) or torch.allclose(flipped[i], x[i].flip(-1))
+    assert DeviceAugment(64, scale=None)(cifar).shape == (8, 3, 64, 64)  # resize only
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixup_cutmix_soft_labels_sum_to_one(mixup, cutmix):
+    torch.manual_seed(0)
+    images, labels = torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4, 5])
+    mixer = MixupCutmix(10, mixup_alpha=mixup, cutmix_alpha=cutmix)
+    for _ in range(5):
+        mixed, targets = mixer(images, labels)
+        assert mixed.shape == images.shape and targets.shape == (6, 10)
+        assert torch.allclose(targets.sum(-1), torch.ones(6))
+        lam = targets[0, 0].item()  # image 0 mixed with image 5: lam * e_0 + (1 - lam) * e_5
+        assert math.isclose(targets[0, 5].item(), 1 - lam, abs_tol=1e-6)
+        if cutmix == 0:
+            assert torch.allclose(mixed, lam * images + (1 - lam) * images.flip(0), atol=1e-6)
+        elif mixup == 0:  # pasted box: every pixel comes from one of the two images, area fraction = 1 - lam
+            from_other = (mixed[0] != images[0]).any(0).float().mean().item()
+            assert math.isclose(from_other, 1 - lam, abs_tol=1e-6)
+    mixed, targets = MixupCutmix(10, 0.0, 0.0)(images, labels)
+    assert torch.equal(mixed, images) and torch.equal(targets, torch.nn.functional.one_hot(labels, 10).float())
+
+
+# ------------------------------------------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir):
+    """Tiny DMAE pre-trained for 40 steps on the real CIFAR-10 train split, one process."""
+    out = tmp_path_factory.mktemp("pretrain")
+    run_script("pretrain.py", TINY + ["--dataset", data_dir / "cifar10", "--max-steps", 40, "--warmup-steps", 4,
+                                      "--lr", 2e-3, "--log-every", 5, "--save-every", 20, "--output-dir", out])
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_pretrain_one_process_loss_decreases(pretrained):
+    assert_loss_decreases(pretrained)
+    final = pretrained / "final"
+    assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= set(os.listdir(final))
+    config = json.loads((final / "config.json").read_text())
+    assert config["noise_sigma"] == 0.25 and config["mask_ratio"] == 0.75 and config["norm_pix_loss"]
+    assert sorted(os.listdir(pretrained / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]
+
+
+@pytest.mark.timeout(120)
+def test_pretrain_two_processes_loss_decreases(tmp_path, data_dir):
+    run_script("pretrain.py", TINY + ["--dataset", data_dir / "cifar10", "--max-steps", 30, "--warmup-steps", 3,
+                                      "--lr", 2e-3, "--log-every", 5, "--save-every", 15, "--output-dir", tmp_path],
+               processes=2)
+    run_config = json.loads((tmp_path / "run_config.json").read_text())
+    assert run_config["num_processes"] == 2 and run_config["lr"] == 2e-3
+    assert_loss_decreases(tmp_path)
+    assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+FINETUNE = ["--grad-accum", "1", "--batch-size", "16", "--shuffle-buffer", "64", "--num-workers", "1",
+            "--max-train-examples", "64", "--max-steps", "48", "--warmup-steps", "4", "--lr", "5e-3",
+            "--log-every", "4", "--save-every", "100"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_finetune_loss_decreases(processes, pretrained, tmp_path, data_dir):
+    batch = ["--batch-size", "8"] if processes == 2 else []  # same global batch
+    run_script("finetune.py", FINETUNE + batch + ["--model", pretrained / "final", "--dataset", data_dir / "cifar10",
+                                                  "--val-size", 16, "--certify-examples", 0, "--output-dir", tmp_path],
+               processes=processes)
+    assert json.loads((tmp_path / "run_config.json").read_text())["num_processes"] == processes
+    assert_loss_decreases(tmp_path, k=3)
+    metrics = read_metrics(tmp_path / "metrics.jsonl")
+    assert metrics[-1]["final"] and metrics[-1]["val_examples"] == 16  # gathered over both ranks, no duplicates
+    config = DMAEConfig.from_pretrained(tmp_path / "final")
+    assert config.num_labels == 10 and config.id2label[3] == "cat" and config.smoothing_sigma == 0.25
+
+
+@pytest.mark.timeout(150)
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, data_dir):
+    """12 steps straight vs. a run stopped at step 6 (mid-epoch: 4 batches an epoch) and resumed: same bytes. Two
+    DataLoader workers, so the resumed run also re-reads and skips the consumed batches of a sharded stream."""
+    common = TINY + ["--dataset", data_dir / "cifar10", "--max-train-examples", 64, "--num-workers", 2,
+                     "--max-steps", 12, "--warmup-steps", 2, "--lr", 1e-3, "--log-every", 1, "--save-every", 6]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_script("pretrain.py", common + ["--output-dir", straight])
+    # the interrupted run's state: its step-6 checkpoint (the same command, same seed, up to there)
+    import shutil
+
+    shutil.copytree(straight / "checkpoints" / "checkpoint_0", resumed / "checkpoints" / "checkpoint_0")
+    state = torch.load(resumed / "checkpoints" / "checkpoint_0" / "custom_checkpoint_0.pkl", weights_only=False)
+    assert state["step"] == 6 and state["epoch"] == 1 and state["batches_in_epoch"] == 2
+    result = run_script("pretrain.py", common + ["--output-dir", resumed, "--resume"])
+    assert "resumed from" in result.stdout + result.stderr
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), (key, (a[key] - b[key]).abs().max())
+    assert losses(resumed) == losses(straight)[6:]
+    # the next automatic checkpoint numbers continue after the resumed one (load_state does not restore them)
+    assert sorted(os.listdir(resumed / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]
+
+
+# ------------------------------------------------------------------------------------------------------ bad input
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO_ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("change,message", [
+    ({"--dataset": "{tmp}/no-such-dataset"}, r"Dataset path '.*no-such-dataset' does not exist"),
+    ({"--split": "validation"}, r"Unknown split 'validation' .*available splits: \['test', 'train'\]"),
+    ({"--image-column": "image"}, r"Unknown image column 'image' .*columns are \['img', 'label'\]"),
+    ({"--num-labels": "5"}, r"Label [5-9] is out of range: labels must be in \[0, 5\) \(num_labels=5\)"),
+])
+def test_bad_input_fails_clearly_before_training(change, message, tmp_path, data_dir):
+    args = {"--from-scratch": None, "--preset": "tiny", "--dataset": str(data_dir / "cifar10"), "--grad-accum": "1",
+            "--batch-size": "8", "--max-steps": "2", "--num-workers": "0", "--val-size": "8", "--cpu": None,
+            "--output-dir": str(tmp_path / "out")}
+    args.update({k: v.format(tmp=tmp_path) for k, v in change.items()})
+    def to_argv(options):
+        return [x for k, v in options.items() for x in ((k,) if v is None else (k, v))]
+
+    argv = to_argv(args)
+    finetune = load_example("finetune")
+    with pytest.raises(ValueError, match=message):
+        finetune.main(argv)
+    assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "metrics.jsonl").exists()
+    if "--num-labels" not in change:  # the same check guards pre-training
+        argv = to_argv({k: v for k, v in args.items() if k not in ("--from-scratch", "--val-size")})
+        with pytest.raises(ValueError, match=message):
+            load_example("pretrain").main(argv)
+
+
+# ------------------------------------------------------------------------------------------------------ Hub
+
+LOAD_AND_CERTIFY = r"""
+import json, sys
+from PIL import Image
+from transformers import AutoImageProcessor
+from dmae_hf import DMAEForSmoothedClassification
+repo, image_path = sys.argv[1], sys.argv[2]
+model = DMAEForSmoothedClassification.from_pretrained(repo).eval()
+processor = AutoImageProcessor.from_pretrained(repo)
+x = processor(Image.open(image_path).convert("RGB"), return_tensors="pt")["pixel_values"][0]
+cert = model.certify(x, n0=20, n=100, alpha=0.001, batch_size=100, seed=0)
+print("REPORT" + json.dumps({"prediction": cert.prediction, "radius": cert.radius, "n": cert.n,
+                             "counts": sum(cert.counts), "shape": list(x.shape), "sigma": model.config.smoothing_sigma,
+                             "label3": model.config.id2label[3]}))
+"""
+
+
+@pytest.mark.timeout(180)
+def test_cifar10_transfer_pushes_to_the_hub_and_the_pushed_model_certifies(pretrained, tmp_path, data_dir):
+    repo = "tester/dmae-tiny-cifar10-sigma0.25"
+    with FakeHub() as hub:
+        env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_TOKEN="x", HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1",
+                   HF_HUB_DISABLE_TELEMETRY="1")
+        run_script("finetune.py", FINETUNE + ["--model", pretrained / "final", "--dataset", data_dir / "cifar10",
+                                              "--val-size", 16, "--certify-examples", 4, "--certify-n0", 10,
+                                              "--certify-n", 50, "--certify-batch", 50, "--push-to-hub", repo,
+                                              "--output-dir", tmp_path / "ft"], env=env)
+        files = hub.repos[repo].files
+        assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "eval_results.json",
+                "certification.jsonl", "certification_summary.json", "certified_accuracy.png"} <= set(files)
+        assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+        assert files["certified_accuracy.png"].startswith(b"\x89PNG")
+        assert len(files["certification.jsonl"].decode().splitlines()) == 4
+        results = json.loads(files["eval_results.json"])
+        assert results["val_examples"] == 16 and results["certification"]["num_images"] == 4
+        card = files["README.md"].decode()
+        assert card.startswith("---") and "certif" in card.lower() and "0.25" in card
+        assert json.loads(files["preprocessor_config.json"])["do_resize"] is False  # CIFAR: 32x32 as is
+        # the pushed bytes are the local final weights
+        assert files["model.safetensors"] == (tmp_path / "ft" / "final" / "model.safetensors").read_bytes()
+
+        image = REPO_ROOT / "dmae_hf" / "assets" / "cifar10" / "test_00003_cat.png"  # a real CIFAR-10 test image
+        result = subprocess.run([sys.executable, "-c", LOAD_AND_CERTIFY, repo, str(image)], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-4000:]
+        report = json.loads(result.stdout.split("REPORT", 1)[1])
+        assert report["shape"] == [3, 32, 32] and report["sigma"] == 0.25 and report["label3"] == "cat"
+        assert report["n"] == 100 and report["counts"] == 100
+        assert report["prediction"] is None or 0 <= report["prediction"] < 10
+        assert report["radius"] >= 0.0 and (report["prediction"] is not None or report["radius"] == 0.0)
+        assert any(path.startswith(f"/{repo}/resolve/") or f"/api/models/{repo}" in path for _, path in hub.requests)
+
+
+def test_accelerate_config_files_load():
+    """The launch configs the README points to parse with Accelerate's own loader; FSDP wraps a real layer class."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    import dmae_hf.modeling_dmae as modeling
+
+    kinds = {}
+    for path in sorted((REPO_ROOT / "examples" / "accelerate_configs").glob("*.yaml")):
+        config = ClusterConfig.from_yaml_file(str(path))
+        kinds[path.name] = (str(config.distributed_type).split(".")[-1], config.num_machines, config.num_processes)
+        if config.fsdp_config:
+            assert hasattr(modeling, config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"])
+    assert kinds == {"multi_gpu.yaml": ("MULTI_GPU", 1, 8), "multi_node.yaml": ("MULTI_GPU", 2, 16),
+                     "fsdp.yaml": ("FSDP", 1, 8), "deepspeed_zero2.yaml": ("DEEPSPEED", 1, 8)}
+    readme = (REPO_ROOT / "README.md").read_text()
+    for name in kinds:
+        assert name in readme
