@@ -247,9 +247,10 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
     summary = {"certified": 0, "skipped_corrupt": 0, "already_done": 0, "rows": None}
     bar = tqdm(total=total, desc="certify" if world_size == 1 else f"certify rank {rank}", unit="img",
                disable=not progress, position=rank, dynamic_ncols=True)
+    examples = iter(ds)
     try:
         selected = -1
-        for idx, example in enumerate(ds):
+        for idx, example in enumerate(examples):
             if max_index >= 0 and idx >= max_index:
                 break
             if idx % skip:
@@ -273,6 +274,7 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
             summary["certified"] += 1
             bar.update(1)
     finally:
+        getattr(examples, "close", lambda: None)()  # stop the parquet reader now, not at interpreter exit
         bar.close()
         writer.close()
     barrier(world_size)
