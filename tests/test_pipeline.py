@@ -69,6 +69,7 @@ def test_inputs_pil_path_numpy_list_agree_and_match_model_certify(certifier, cif
     assert certifier(tmp_path / "car.png", **SMALL) == pil
     assert certifier(np.asarray(image), **SMALL) == pil  # HWC uint8
     assert certifier(np.asarray(image, dtype=np.float32) / 255.0, **SMALL) == pil  # HWC float in [0, 1]
+    assert certifier(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1), **SMALL) == pil
 
     pixel_values = DMAEImageProcessor.for_cifar10()(image).pixel_values
     cert = certifier.model.certify(pixel_values[0], n0=10, n=100, alpha=0.01, batch_size=64, seed=3)
@@ -163,6 +164,23 @@ def test_without_a_saved_processor_falls_back_to_rescaling(tmp_path, cifar10_tes
     bare = pipeline(TASK, model=str(build_classifier(tmp_path / "bare", with_processor=False)), device="cpu")
     assert isinstance(bare.image_processor, DMAEImageProcessor) and bare.image_processor.do_resize is False
     assert bare(images[0], **SMALL) == certifier(images[0], **SMALL)
+
+
+@pytest.mark.timeout(60)
+def test_short_name_loads_model_and_processor_from_the_hub_cache(tmp_path, cifar10_test_images):
+    """A short name resolves to `dmae-hf/<name>`, here served offline from a Hub cache holding a tiny model."""
+    images, _ = cifar10_test_images
+    repo = tmp_path / "hub" / "models--dmae-hf--dmae-vit-base-sigma0.5"
+    snapshot = build_classifier(repo / "snapshots" / ("0" * 40), smoothing_sigma=0.5, with_processor=False)
+    DMAEImageProcessor(do_resize=True, resize_shortest_edge=32, do_center_crop=True, crop_size=32).save_pretrained(
+        snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    certifier = pipeline(TASK, model="dmae-vit-base-sigma0.5", device="cpu",
+                         model_kwargs={"cache_dir": str(tmp_path / "hub")})
+    assert certifier.image_processor.do_resize is True  # the saved processor, not the rescale-only fallback
+    result = certifier(images[0].resize((40, 48)), **SMALL)  # resized to 32 and cropped by that processor
+    check_result(result, sigma=0.5)
 
 
 @pytest.mark.timeout(60)
