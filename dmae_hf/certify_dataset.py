@@ -16,7 +16,8 @@ How a run behaves:
   not depend on which process certifies it, nor on what was certified before (except `time`).
 - **Resumable.** Each row is appended with one `write` followed by `fsync`. A restarted run reads the existing
   log(s), drops a torn last line (no trailing newline) and certifies only the missing indices, so a killed run
-  (even SIGKILL) ends with every selected row exactly once.
+  (even SIGKILL) ends with every selected row exactly once. `LOG.json` records the settings (n0, n, alpha, seed,
+  method, sigma, dataset, ...), and a restart with other settings is refused rather than mixing rows.
 - **Corrupt images** (undecodable bytes, unreadable files, unsupported formats) are reported on stderr with their
   `idx` and skipped; they get no row, and a later run tries them again.
 - **Multi-process.** Under `torchrun` / `accelerate launch` (`RANK`, `WORLD_SIZE`), process r certifies the k-th
@@ -27,6 +28,7 @@ How a run behaves:
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import sys
@@ -140,6 +142,26 @@ def merge_logs(out) -> int:
     return len(rows)
 
 
+def check_settings(out, settings: dict, has_rows: bool, rank: int = 0) -> None:
+    """Refuse to resume a log written with other certification settings (`LOG.json` records them).
+
+    Rank 0 writes `LOG.json` (atomically) while the log has no rows yet. Only the `model` entry is informative: the
+    same checkpoint can be spelled in several ways, so it is not compared.
+    """
+    path = Path(f"{out}.json")
+    if has_rows and path.exists():
+        saved = json.loads(path.read_text())
+        changed = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in settings.items() if k != "model" and saved.get(k) != v]
+        if changed:
+            raise ValueError(f"{out} was written with other settings: {', '.join(changed)}. Resume with the same "
+                             f"settings, or choose another --out.")
+    elif rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(settings, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
 # ------------------------------------------------------------------------------------------------------------- data
 def load_examples(dataset: str, split: str, image_column: str | None, label_column: str):
     """Stream a split (a local Hub-layout folder or a Hub id) with the images left undecoded.
@@ -239,6 +261,13 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
     for path in {out, own, *shard_paths(out)}:
         done.update(read_rows(path))
     ds, image_column, num_rows = load_examples(dataset, split, image_column, label_column)
+    local = os.path.isdir(dataset)
+    check_settings(out, {
+        "model": str(pipe.model.name_or_path), "sigma": float(pipe.model.config.smoothing_sigma),
+        "dataset": os.path.abspath(dataset) if local else dataset, "split": split, "image_column": image_column,
+        "label_column": label_column, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "method": method,
+        "method_kwargs": dict(method_kwargs or {}), "autocast_dtype": str(autocast_dtype).replace("torch.", ""),
+    }, has_rows=bool(done), rank=rank)
     selection = selected_indices(num_rows, skip, max_index)
     mine = None if selection is None else [i for k, i in enumerate(selection) if k % world_size == rank]
     total = None if mine is None else sum(i not in done for i in mine)

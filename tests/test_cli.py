@@ -174,12 +174,31 @@ def test_log_files_resume_and_merge(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_resume_with_other_settings_is_refused(classifier_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "log.tsv"
+    args = certify_args(classifier_dir, data_dir / "cifar10", out, max_index=2) + ["--no-progress"]
+    assert main(args) == 0 and len(read_rows(out)) == 2
+    assert json.loads((tmp_path / "log.tsv.json").read_text())["n"] == 50
+    capsys.readouterr()
+    more = args[:]
+    more[more.index("--max") + 1] = "3"  # extending the selection is a resume
+    assert main(more) == 0 and len(read_rows(out)) == 3
+    assert "certified 1 image(s), 2 already in the log" in capsys.readouterr().err
+    other = args[:]
+    other[other.index("--seed") + 1] = "1"
+    assert main(other) == 2
+    assert "written with other settings: seed=0 (now 1)" in capsys.readouterr().err
+    assert len(read_rows(out)) == 3
+
+
+@pytest.mark.timeout(60)
 def test_certify_reports_bad_arguments(classifier_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "bad.tsv"
     args = certify_args(classifier_dir, data_dir / "cifar10", out, max_index=2)
     args[args.index("--n0") + 1] = "100"  # n0 > n = 50
     assert main(args + ["--no-progress"]) == 2
     assert "n0 (100) must not exceed n (50)" in capsys.readouterr().err
+    assert main(certify_args(classifier_dir, data_dir / "cifar10", out, max_index=2) + ["--no-progress"]) == 0
     assert main(certify_args(classifier_dir, data_dir / "cifar10", out, max_index=2) + ["--image-column", "pic"]) == 2
     assert "Column 'pic' not in" in capsys.readouterr().err
 
