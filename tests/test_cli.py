@@ -192,6 +192,21 @@ def test_resume_with_other_settings_is_refused(classifier_dir, data_dir, tmp_pat
 
 
 @pytest.mark.timeout(60)
+def test_adaptive_method_and_autocast(classifier_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "adaptive.tsv"
+    args = certify_args(classifier_dir, data_dir / "cifar10", out, max_index=6,
+                        params=["--n0", "10", "--n", "800", "--batch", "400"])
+    assert main(args + ["--method", "adaptive", "--first-look", "100", "--target-radius", "0.05", "--no-progress"]) == 0
+    samples = [int(line.split("\t")[7]) for line in read_rows(out).values()]
+    assert len(samples) == 6 and max(samples) <= 810 and min(samples) < 810  # some images stop at an early look
+    assert main(args[:-1] + [str(tmp_path / "bf16.tsv"), "--autocast", "bf16", "--no-progress"]) == 0
+    assert {int(line.split("\t")[7]) for line in read_rows(tmp_path / "bf16.tsv").values()} == {810}
+    capsys.readouterr()
+    assert main(args[:-1] + [str(tmp_path / "c.tsv"), "--target-radius", "0.5"]) == 2  # a cohen run takes no options
+    assert "method='cohen' takes no extra options" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
 def test_certify_reports_bad_arguments(classifier_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "bad.tsv"
     args = certify_args(classifier_dir, data_dir / "cifar10", out, max_index=2)
