@@ -261,13 +261,14 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
     for path in {out, own, *shard_paths(out)}:
         done.update(read_rows(path))
     ds, image_column, num_rows = load_examples(dataset, split, image_column, label_column)
-    local = os.path.isdir(dataset)
-    check_settings(out, {
+    settings = {
         "model": str(pipe.model.name_or_path), "sigma": float(pipe.model.config.smoothing_sigma),
-        "dataset": os.path.abspath(dataset) if local else dataset, "split": split, "image_column": image_column,
-        "label_column": label_column, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "method": method,
-        "method_kwargs": dict(method_kwargs or {}), "autocast_dtype": str(autocast_dtype).replace("torch.", ""),
-    }, has_rows=bool(done), rank=rank)
+        "dataset": os.path.abspath(dataset) if os.path.isdir(dataset) else dataset, "split": split,
+        "image_column": image_column, "label_column": label_column, "n0": n0, "n": n, "alpha": alpha, "seed": seed,
+        "method": method, "method_kwargs": dict(method_kwargs or {}),
+        "autocast_dtype": str(autocast_dtype).replace("torch.", ""),
+    }
+    check_settings(out, settings, has_rows=bool(done), rank=rank)
     selection = selected_indices(num_rows, skip, max_index)
     mine = None if selection is None else [i for k, i in enumerate(selection) if k % world_size == rank]
     total = None if mine is None else sum(i not in done for i in mine)
@@ -299,7 +300,8 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
             certificate = pipe.model.certify(pixel_values[0].to(pipe.device), n0=n0, n=n, alpha=alpha,
                                              batch_size=batch_size, seed=image_seed(seed, idx), method=method,
                                              autocast_dtype=autocast_dtype, **(method_kwargs or {}))
-            writer.append(format_row(idx, int(example[label_column]), certificate))
+            label = example[label_column]
+            writer.append(format_row(idx, -1 if label is None else int(label), certificate))
             summary["certified"] += 1
             bar.update(1)
     finally:
