@@ -151,7 +151,8 @@ def check_settings(out, settings: dict, has_rows: bool, rank: int = 0) -> None:
     path = Path(f"{out}.json")
     if has_rows and path.exists():
         saved = json.loads(path.read_text())
-        changed = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in settings.items() if k != "model" and saved.get(k) != v]
+        changed = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in settings.items()
+                   if k != "model" and saved.get(k) != v]
         if changed:
             raise ValueError(f"{out} was written with other settings: {', '.join(changed)}. Resume with the same "
                              f"settings, or choose another --out.")
@@ -221,7 +222,7 @@ def selected_indices(num_rows, skip: int, max_index: int):
 # --------------------------------------------------------------------------------------------------- distribution
 def distributed_context() -> tuple[int, int]:
     """(rank, world size) from the environment that `torchrun` and `accelerate launch` set; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def barrier(world_size: int) -> None:
@@ -266,7 +267,7 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
         "dataset": os.path.abspath(dataset) if os.path.isdir(dataset) else dataset, "split": split,
         "image_column": image_column, "label_column": label_column, "n0": n0, "n": n, "alpha": alpha, "seed": seed,
         "method": method, "method_kwargs": dict(method_kwargs or {}),
-        "autocast_dtype": str(autocast_dtype).replace("torch.", ""),
+        "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).replace("torch.", ""),
     }
     check_settings(out, settings, has_rows=bool(done), rank=rank)
     selection = selected_indices(num_rows, skip, max_index)

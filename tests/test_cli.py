@@ -15,7 +15,6 @@ import time
 
 import datasets
 import pytest
-import torch
 
 from conftest import REPO_ROOT
 from dmae_hf import DMAEForSmoothedClassification, DMAEImageProcessor
@@ -43,7 +42,7 @@ def subprocess_env(**extra):
 
 def without_time(path):
     """The log's lines without the `time` column (the only one allowed to differ between runs)."""
-    lines = open(path).read().splitlines()
+    lines = path.read_text().splitlines()
     column = lines[0].split("\t").index("time")
     return [tuple(f for i, f in enumerate(line.split("\t")) if i != column) for line in lines]
 
