@@ -201,13 +201,58 @@ def collate(examples: list[dict]) -> dict:
     shapes = {tuple(e["pixel_values"].shape) for e in examples}
     if len(shapes) > 1:
         raise ValueError(f"Images of different sizes {sorted(shapes)} in one batch; set a resize/crop size.")
+    pixels = [e["pixel_values"] for e in examples]
     batch = {
-        "pixel_values": torch.from_numpy(np.stack([e["pixel_values"] for e in examples])),
-        "example_id": torch.tensor([e["example_id"] for e in examples], dtype=torch.int64),
+        "pixel_values": torch.stack(pixels) if isinstance(pixels[0], torch.Tensor) else torch.from_numpy(np.stack(pixels)),
+        "example_id": torch.tensor([int(e["example_id"]) for e in examples], dtype=torch.int64),
     }
-    if "label" in examples[0]:
-        batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.int64)
+    if "label" in examples[0] or "labels" in examples[0]:
+        batch["labels"] = torch.tensor([int(e["label"] if "label" in e else e["labels"]) for e in examples],
+                                       dtype=torch.int64)
     return batch
+
+
+def first_examples(ds, n: int, num_shards: int = 8):
+    """The first `n` examples of the unshuffled stream `ds` as an in-memory stream with `num_shards` shards (for
+    `--max-train-examples`). `ds.take(n)` is not usable here: once the DataLoader workers (or ranks) shard it, each
+    shard takes its own share of `n` from its own files, so the subset is not the first `n` examples."""
+    import datasets
+
+    rows = list(ds.take(n))
+    if not rows:
+        raise ValueError("The dataset split is empty.")
+    table = datasets.Dataset.from_list(rows, features=ds.features)
+    return table.to_iterable_dataset(num_shards=max(1, min(num_shards, len(rows))))
+
+
+class UniformBatches(torch.utils.data.IterableDataset):
+    """Decoded examples of `dataset`, read by a DataLoader with `num_workers` workers and yielded one by one in a
+    fixed order, so that the DataLoader wrapping this yields full batches except the very last one.
+
+    Why: with several workers, a plain DataLoader ends each worker's share of the shards with its own partial
+    batch, i.e. partial batches mid-epoch. Accelerate's batch dispatcher (rank 0 reads, splits each global batch
+    over the ranks) cuts a global batch of odd size to a multiple of the number of processes and silently drops
+    the rest, so examples were lost every epoch. Re-batching in the main process fixes it."""
+
+    def __init__(self, dataset, num_workers: int, chunk: int = 64):
+        super().__init__()
+        self.dataset, self.num_workers, self.chunk = dataset, num_workers, chunk
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    @property
+    def num_shards(self) -> int:
+        return self.dataset.num_shards
+
+    def __iter__(self):
+        from torch.utils.data import DataLoader
+
+        inner = DataLoader(self.dataset, batch_size=self.chunk, collate_fn=collate, num_workers=self.num_workers,
+                           generator=torch.Generator().manual_seed(0))  # leaves torch's global RNG alone
+        for batch in inner:
+            for i in range(batch["pixel_values"].shape[0]):
+                yield {k: v[i] for k, v in batch.items()}
 
 
 def build_stream(ds, decoder: ImageDecoder, shuffle: bool = True, seed: int = 0, buffer_size: int = 10_000):
@@ -232,6 +277,8 @@ def validate_stream(ds, decoder: ImageDecoder, num_examples: int = 64) -> int:
 __all__ = [
     "load_image_stream",
     "hold_out",
+    "first_examples",
+    "UniformBatches",
     "ImageDecoder",
     "collate",
     "build_stream",

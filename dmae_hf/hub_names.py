@@ -70,8 +70,9 @@ def _table() -> dict[str, ReleasedModel]:
                         f"fine-tuned with Gaussian noise sigma={sigma}."))
     models.append(ReleasedModel(
         "dmae-tiny-cifar10", "classifier", "tiny", "cifar10", 0.25, from_official=False,
-        description="A tiny DMAE (width 32, 2 blocks, patch 8) pre-trained and fine-tuned on CIFAR-10 by this "
-                    "project, small enough to ship inside the package for offline demos and tests."))
+        description="A tiny DMAE (ViT width 96, 4 blocks, 3 heads, patch 4, native 32x32 input) pre-trained and "
+                    "fine-tuned on CIFAR-10 by this project, small enough to ship inside the package for offline "
+                    "demos and tests."))
     return {m.name: m for m in models}
 
 

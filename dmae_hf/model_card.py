@@ -249,8 +249,8 @@ def _results_section(results: dict | None) -> str:
 
 def _provenance(entry) -> str:
     if not entry.from_official:
-        return ("Trained by the dmae-hf project with its own recipe (`dmae train`); see the package README for the "
-                "exact command and the reproduction report.")
+        return ("Trained by the dmae-hf project with its own scripts (`examples/pretrain.py`, then "
+                "`examples/finetune.py`); see the package README for the exact commands and the reproduction report.")
     if entry.kind == "pretraining":
         epochs = 1100 if entry.preset == "vit-base" else 1600
         size = "Base" if entry.preset == "vit-base" else "Large"
@@ -260,7 +260,7 @@ def _provenance(entry) -> str:
                 "re-implementation of the official forward pass (max abs difference <= 1e-5 on random weights).")
     return ("The authors did not release fine-tuned classifiers (issue #6 of quanlin-wu/dmae). These weights are "
             f"meant to be fine-tuned from the official pre-trained encoder with the paper's recipe (Gaussian noise "
-            f"sigma={entry.sigma}, consistency regularisation) using `dmae train`, or converted with `dmae convert "
+            f"sigma={entry.sigma}, consistency regularisation) using `examples/finetune.py`, or converted with `dmae convert "
             "--sigma ...` from a classifier trained with the official code.")
 
 

@@ -25,7 +25,7 @@ import dataclasses
 import math
 import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from scipy.stats import beta, binomtest, norm
@@ -124,76 +124,119 @@ def _mix(*values: int) -> int:
 class _NoisyStream:
     """x + N(0, sigma^2 I) copies of one image for one stage of `total` samples, block by block.
 
-    Block j holds min(NOISE_BLOCK, total - j NOISE_BLOCK) samples drawn from a generator seeded by (seed, stage, j).
-    A block that fits in the requested slice is drawn straight into it; one that straddles two slices is drawn into
-    a side buffer and handed out in parts, so every sample is the same whatever the slicing.
+    Block j holds min(NOISE_BLOCK, total - j NOISE_BLOCK) samples drawn from a generator seeded by (seed, stage, j),
+    so sample t of the stage is the same whatever the slicing into batches. With `world` processes, process `rank`
+    draws only the blocks j = rank (mod world); the others' counts are summed in by `_Sampler`.
     """
 
-    def __init__(self, x: torch.Tensor, sigma: float, seed: int, stage: int, total: int):
+    def __init__(self, x: torch.Tensor, sigma: float, seed: int, stage: int, total: int, rank: int = 0,
+                 world: int = 1):
         self.x, self.sigma, self.seed, self.stage, self.total = x, sigma, seed, stage, total
-        self.block, self.leftover = 0, None
+        self.rank, self.world = rank, world
+        self.pos = 0  # samples of the stage handed out so far, by all processes together
+        self.cached = None  # (j, block) of the block last drawn whole but handed out in parts
 
-    def _draw(self, out: torch.Tensor) -> None:
+    def take(self, m: int) -> list[tuple[int, int, int]]:
+        """Advance by m samples; return this process's part of them as segments (block j, start, stop)."""
+        end = self.pos + m
+        if end > self.total:
+            raise RuntimeError(f"noise stream exhausted after {self.total} samples")
+        segments = []
+        while self.pos < end:
+            j, start = divmod(self.pos, NOISE_BLOCK)
+            stop = min(NOISE_BLOCK, end - j * NOISE_BLOCK)
+            if j % self.world == self.rank:
+                segments.append((j, start, stop))
+            self.pos = j * NOISE_BLOCK + stop
+        return segments
+
+    def fill(self, out: torch.Tensor, j: int, start: int) -> None:
+        """Write samples start .. start + len(out) of block j into `out` (a whole block is drawn straight into it)."""
+        size = min(NOISE_BLOCK, self.total - j * NOISE_BLOCK)
+        if start == 0 and out.shape[0] == size:
+            return self._draw(j, out)
+        if self.cached is None or self.cached[0] != j:
+            block = torch.empty((size, *self.x.shape), dtype=torch.float32, device=self.x.device)
+            self._draw(j, block)
+            self.cached = (j, block)
+        out.copy_(self.cached[1][start : start + out.shape[0]])
+
+    def _draw(self, j: int, out: torch.Tensor) -> None:
         generator = torch.Generator(device=self.x.device)
-        generator.manual_seed(_mix(self.seed, self.stage, self.block))
+        generator.manual_seed(_mix(self.seed, self.stage, j))
         add_gaussian_noise(self.x.expand(out.shape[0], *self.x.shape), self.sigma, generator=generator, out=out)
-        self.block += 1
-
-    def fill(self, out: torch.Tensor) -> None:
-        """Write the next out.shape[0] noisy samples into `out`."""
-        pos, m = 0, out.shape[0]
-        while pos < m:
-            if self.leftover is None:
-                size = min(NOISE_BLOCK, self.total - self.block * NOISE_BLOCK)
-                if size <= 0:
-                    raise RuntimeError(f"noise stream exhausted after {self.total} samples")
-                if m - pos >= size:
-                    self._draw(out[pos : pos + size])
-                    pos += size
-                    continue
-                self.leftover = torch.empty((size, *self.x.shape), dtype=torch.float32, device=self.x.device)
-                self._draw(self.leftover)
-            k = min(m - pos, self.leftover.shape[0])
-            out[pos : pos + k] = self.leftover[:k]
-            self.leftover = self.leftover[k:] if k < self.leftover.shape[0] else None
-            pos += k
 
 
 # ------------------------------------------------------------------------------------------------------------- sampling
-class _Sampler:
-    """Counts f's votes on noisy copies of several images, packing their samples into shared forward batches."""
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of the default torch.distributed group, which `distributed=True` requires."""
+    import torch.distributed as dist
 
-    def __init__(self, base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total):
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("distributed=True needs an initialised torch.distributed process group (e.g. under "
+                         "`accelerate launch` or `torchrun`, after `PartialState()` or `init_process_group`).")
+    return dist.get_rank(), dist.get_world_size()
+
+
+class _Sampler:
+    """Counts f's votes on noisy copies of several images, packing their samples into shared forward batches.
+
+    With `distributed=True`, the samples of every request are split over the processes of the default
+    `torch.distributed` group by noise block, and the counts are summed over processes (one all-reduce per call).
+    """
+
+    def __init__(self, base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total,
+                 distributed=False):
         self.f, self.x, self.sigma, self.seed, self.batch_size = base_classifier, x, sigma, seed, batch_size
         self.device = x.device
         self.autocast_dtype = autocast_dtype
         self.num_classes = None
+        self.rank, self.world = _process_group() if distributed else (0, 1)
         self.pbar = None
-        if progress:
+        if progress and self.rank == 0:
             from tqdm.auto import tqdm
 
             self.pbar = tqdm(total=total, desc="noisy samples", unit="sample")
 
     def streams(self, stage: int, total: int) -> list[_NoisyStream]:
-        return [_NoisyStream(xi, self.sigma, self.seed, stage, total) for xi in self.x]
+        return [_NoisyStream(xi, self.sigma, self.seed, stage, total, self.rank, self.world) for xi in self.x]
 
     def count(self, requests: list[tuple[int, _NoisyStream, int]]) -> torch.Tensor:
         """Votes (num_images, num_classes) of f on `m` more samples of each (image, stream, m); one host sync."""
-        size = min(self.batch_size, sum(m for _, _, m in requests))
+        work = [(i, stream, seg) for i, stream, m in requests for seg in stream.take(m)]
+        size = min(self.batch_size, max(1, sum(stop - start for _, _, (_, start, stop) in work)))
         batch = torch.empty((size, *self.x.shape[1:]), dtype=torch.float32, device=self.device)
         counts, owners, filled = None, [], 0
-        for i, stream, m in requests:
-            while m > 0:
-                k = min(m, size - filled)
-                stream.fill(batch[filled : filled + k])
+        for i, stream, (j, start, stop) in work:
+            while start < stop:
+                k = min(stop - start, size - filled)
+                stream.fill(batch[filled : filled + k], j, start)
                 owners.append((i, k))
-                filled, m = filled + k, m - k
+                filled, start = filled + k, start + k
                 if filled == size:
                     counts = self._forward(batch, owners, counts)
                     owners, filled = [], 0
         if filled:
             counts = self._forward(batch[:filled], owners, counts)
+        if self.world > 1:
+            counts = self._all_reduce(counts)
         return counts.view(self.x.shape[0], self.num_classes).cpu()
+
+    def _all_reduce(self, counts):
+        """Sum the counts of all processes (a process that drew no sample learns the number of classes here)."""
+        import torch.distributed as dist
+
+        device = self.device if dist.get_backend() != "gloo" else torch.device("cpu")
+        k = torch.tensor([self.num_classes or 0], device=device)
+        dist.all_reduce(k, op=dist.ReduceOp.MAX)
+        if self.num_classes not in (None, int(k)):
+            raise ValueError(f"processes disagree on the number of classes ({self.num_classes} vs {int(k)}).")
+        self.num_classes = int(k)
+        if counts is None:
+            counts = torch.zeros(self.x.shape[0] * self.num_classes, dtype=torch.long, device=device)
+        counts = counts.to(device)
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+        return counts
 
     def _forward(self, batch, owners, counts):
         if self.autocast_dtype is None:
@@ -267,7 +310,7 @@ def _prepare(base_classifier, x, sigma, alpha, batch_size, seed, autocast_dtype)
 # ---------------------------------------------------------------------------------------------------------- public API
 @torch.inference_mode()
 def predict(base_classifier, x, sigma, n=100_000, alpha=0.001, batch_size=1000, seed=0, *, autocast_dtype=None,
-            progress=False):
+            progress=False, distributed=False):
     """Cohen et al.'s PREDICT: g(x), or abstain.
 
     Draw n noisy samples, let nA >= nB be the two largest class counts, and return the top class iff the two-sided
@@ -279,11 +322,13 @@ def predict(base_classifier, x, sigma, n=100_000, alpha=0.001, batch_size=1000, 
         x: (C, H, W) image -> one `Prediction`; (B, C, H, W) batch -> a list (each image uses `seed`).
         sigma: noise level in [0, 1] pixel units.
         autocast_dtype: run f under `torch.autocast` in this dtype (the noise is drawn and added in float32 first).
+        distributed: split the samples over the processes of the default `torch.distributed` group (see `certify`).
     """
     start = time.perf_counter()
     x, single = _prepare(base_classifier, x, sigma, alpha, batch_size, seed, autocast_dtype)
     n = _check_int("n", n)
-    sampler = _Sampler(base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total=n * len(x))
+    sampler = _Sampler(base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total=n * len(x),
+                       distributed=distributed)
     streams = sampler.streams(_PREDICT, n)
     counts = sampler.count([(i, s, n) for i, s in enumerate(streams)]).tolist()
     sampler.close()
@@ -300,7 +345,7 @@ def predict(base_classifier, x, sigma, n=100_000, alpha=0.001, batch_size=1000, 
 
 @torch.inference_mode()
 def certify(base_classifier, x, sigma, n0=100, n=100_000, alpha=0.001, batch_size=1000, seed=0, *,
-            autocast_dtype=None, method="cohen", progress=False, **method_kwargs):
+            autocast_dtype=None, method="cohen", progress=False, distributed=False, **method_kwargs):
     """Cohen et al.'s CERTIFY: a class and a certified L2 radius, or abstain.
 
     method="cohen": draw n0 samples and guess cA = argmax of their counts; draw n fresh samples with nA votes for cA;
@@ -329,6 +374,9 @@ def certify(base_classifier, x, sigma, n0=100, n=100_000, alpha=0.001, batch_siz
         n0, n: selection and estimation samples (n0 <= n). alpha: failure probability.
         batch_size: noisy samples per forward pass (samples of several images share a pass).
         autocast_dtype: run f under `torch.autocast` in this dtype (the noise is drawn and added in float32 first).
+        distributed: split each image's samples over the processes of the default `torch.distributed` group (call
+            it on every process with the same arguments): noise block j is drawn by rank j mod world size and the
+            counts are summed over processes, so every process returns the certificates one process would.
         method_kwargs: for "adaptive", `first_look` (1000), `target_radius`, `radius_tolerance`,
             `estimate_tolerance`.
     """
@@ -342,7 +390,8 @@ def certify(base_classifier, x, sigma, n0=100, n=100_000, alpha=0.001, batch_siz
     options = _adaptive_options(n, **method_kwargs) if method == "adaptive" else None
     if method == "cohen" and method_kwargs:
         raise ValueError(f"method='cohen' takes no extra options, got {sorted(method_kwargs)}.")
-    sampler = _Sampler(base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total=(n0 + n) * len(x))
+    sampler = _Sampler(base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total=(n0 + n) * len(x),
+                       distributed=distributed)
     selection = sampler.count([(i, s, n0) for i, s in enumerate(sampler.streams(_SELECTION, n0))])
     guesses = selection.argmax(dim=1).tolist()  # first maximal class on ties
     estimation = sampler.streams(_ESTIMATION, n)

@@ -367,7 +367,7 @@ class DataSetup:
                                          num_labels=self.num_classes)
         self.augment_size = image_size if self.crop_scale is not None else (None if self.small else image_size)
         if args.max_train_examples:
-            raw = raw.take(args.max_train_examples + args.val_size)
+            raw = data.first_examples(raw, args.max_train_examples + args.val_size)
         data.validate_stream(raw, train_dec)
         train_raw, val_raw = data.hold_out(raw, args.val_size)
         total = args.train_size
@@ -384,11 +384,17 @@ class DataSetup:
     def loader(self, dataset, batch_size: int, num_workers: int):
         from torch.utils.data import DataLoader
 
-        from .data import collate
+        from .data import UniformBatches, collate
 
         workers = min(num_workers, dataset.num_shards)
+        # A private generator for the workers' base seed (decoding uses no randomness). Accelerate's batch
+        # dispatcher drops it, so the training loops also iterate through `rng_neutral`.
+        generator = torch.Generator().manual_seed(0)
+        if workers > 1:  # workers in a nested loader, full batches out (see UniformBatches)
+            return DataLoader(UniformBatches(dataset, workers), batch_size=batch_size, collate_fn=collate,
+                              generator=generator)
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                          persistent_workers=False)
+                          persistent_workers=False, generator=generator)
 
 
 def schedule_lengths(args, accelerator, train_size: int | None) -> tuple[int, int, float]:
@@ -413,6 +419,23 @@ def schedule_lengths(args, accelerator, train_size: int | None) -> tuple[int, in
     else:
         warmup = 0
     return total, min(warmup, total), lr
+
+
+def rng_neutral(iterable):
+    """Iterate `iterable` (a DataLoader) without touching torch's global RNG: starting a DataLoader iterator draws
+    its workers' base seed from it. A run resumed mid-epoch starts its iterator at a different step than the
+    uninterrupted run, so without this its augmentation, masks and noise would differ from the uninterrupted run's
+    from the resumed step on."""
+    state = torch.get_rng_state()
+    iterator = iter(iterable)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        return
+    finally:
+        torch.set_rng_state(state)
+    yield first
+    yield from iterator
 
 
 def set_epoch(dataloader, dataset, epoch: int) -> None:
@@ -450,5 +473,6 @@ __all__ = [
     "DataSetup",
     "schedule_lengths",
     "set_epoch",
+    "rng_neutral",
     "push_folder_to_hub",
 ]

@@ -44,6 +44,7 @@ from dmae_hf.training import (  # noqa: E402
     param_groups_layer_decay,
     push_folder_to_hub,
     resume_from,
+    rng_neutral,
     schedule_lengths,
     set_epoch,
     set_lr,
@@ -229,7 +230,7 @@ def main(argv=None) -> int:
     while state.step < total_steps:
         set_epoch(train_dl, data.train, state.epoch)
         skip, seen = state.batches_in_epoch, 0
-        for batch_index, batch in enumerate(train_dl):
+        for batch_index, batch in enumerate(rng_neutral(train_dl)):
             if batch_index < skip:
                 continue
             seen += 1

@@ -37,6 +37,7 @@ from dmae_hf.training import (  # noqa: E402
     param_groups_weight_decay,
     push_folder_to_hub,
     resume_from,
+    rng_neutral,
     save_reconstruction,
     schedule_lengths,
     set_epoch,
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     while state.step < total_steps:
         set_epoch(train_dl, data.train, state.epoch)
         skip, seen = state.batches_in_epoch, 0
-        for batch_index, batch in enumerate(train_dl):
+        for batch_index, batch in enumerate(rng_neutral(train_dl)):
             if batch_index < skip:  # resuming mid-epoch: the same order, already-consumed batches dropped
                 continue
             seen += 1

@@ -18,7 +18,7 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
-import dmae_hf
+import dmae_hf  # noqa: F401  (registers the Auto classes)
 from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification, DMAEImageProcessor, DMAEModel
 from dmae_hf.modeling_dmae import get_2d_sincos_pos_embed
 

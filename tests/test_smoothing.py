@@ -1,7 +1,6 @@
 """Functional tests of `dmae_hf.smoothing`: statistics helpers, reproducibility, batching, validation, autocast."""
 
 import json
-import math
 
 import pytest
 import torch

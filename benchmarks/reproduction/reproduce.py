@@ -76,7 +76,8 @@ def stage(out: Path, name: str, cmd: list[str], timings: dict) -> Path:
         start = time.time()
         resume = ["--resume"] if (out / name / "checkpoints").is_dir() else []
         run(cmd + ["--output-dir", str(out / name)] + resume, out / f"{name}.log")
-        timings[name] = time.time() - start
+        timings[name] = timings.get(name, 0.0) + time.time() - start
+        (out / "timings.json").write_text(json.dumps(timings, indent=1))
     return final
 
 
