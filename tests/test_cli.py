@@ -18,6 +18,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from dmae_hf import DMAEForSmoothedClassification, DMAEImageProcessor
+from dmae_hf.analysis import read_log
 from dmae_hf.certify_dataset import HEADER, LogWriter, format_row, image_seed, merge_logs, read_rows, shard_path
 from dmae_hf.cli import main
 from test_pipeline import CIFAR10_LABELS, build_classifier
@@ -66,6 +67,8 @@ def test_certify_writes_cohens_log(reference_log, classifier_dir, cifar10_test_i
         assert (int(predict) == -1) == (float(radius) == 0.0) and int(samples) == 60 and float(elapsed) >= 0
         assert int(correct) == int(int(predict) == int(label) and int(predict) != -1)
     assert {r[2] == "-1" for r in rows} == {True, False}  # both abstentions and certified predictions
+    log = read_log(reference_log)  # `dmae analyze` reads it, samples column included
+    assert list(log["idx"]) == list(range(12)) and set(log["samples"]) == {60}
 
     model = DMAEForSmoothedClassification.from_pretrained(classifier_dir).eval()
     for idx in (1, 4):  # each row is model.certify of that image alone with seed mix(seed, idx)
