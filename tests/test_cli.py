@@ -122,6 +122,18 @@ def test_two_processes_match_one(reference_log, classifier_dir, data_dir, tmp_pa
     assert without_time(log) == without_time(reference_log)
 
 
+@pytest.mark.timeout(60)
+def test_one_process_finishes_a_killed_two_process_run(reference_log, classifier_dir, data_dir, tmp_path, capsys):
+    rows = reference_log.read_text().splitlines(keepends=True)
+    log = tmp_path / "log.tsv"
+    shard_path(log, 0).write_text(HEADER + "".join(rows[1:9:2]))  # rank 0 had done idx 0, 2, 4, 6
+    shard_path(log, 1).write_text(HEADER + "".join(rows[2:6:2]) + rows[6][:5])  # rank 1: 1, 3, torn 5
+    assert main(certify_args(classifier_dir, data_dir / "cifar10", log) + ["--no-progress"]) == 0
+    assert "certified 6 image(s), 6 already in the log" in capsys.readouterr().err
+    assert without_time(log) == without_time(reference_log)
+    assert not shard_path(log, 0).exists() and not shard_path(log, 1).exists()
+
+
 def write_hub_dataset(root, images, labels, broken):
     """A Hub-layout dataset (`data/test-00000-of-00001.parquet`) whose images at the `broken` rows are corrupt."""
     cells = []
