@@ -16,7 +16,8 @@ How a run behaves:
   not depend on which process certifies it, nor on what was certified before (except `time`).
 - **Resumable.** Each row is appended with one `write` followed by `fsync`. A restarted run reads the existing
   log(s), drops a torn last line (no trailing newline) and certifies only the missing indices, so a killed run
-  (even SIGKILL) ends with every selected row exactly once.
+  (even SIGKILL) ends with every selected row exactly once. `LOG.json` records the settings (n0, n, alpha, seed,
+  method, sigma, dataset, ...), and a restart with other settings is refused rather than mixing rows.
 - **Corrupt images** (undecodable bytes, unreadable files, unsupported formats) are reported on stderr with their
   `idx` and skipped; they get no row, and a later run tries them again.
 - **Multi-process.** Under `torchrun` / `accelerate launch` (`RANK`, `WORLD_SIZE`), process r certifies the k-th
@@ -27,6 +28,7 @@ How a run behaves:
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import sys
@@ -140,6 +142,27 @@ def merge_logs(out) -> int:
     return len(rows)
 
 
+def check_settings(out, settings: dict, has_rows: bool, rank: int = 0) -> None:
+    """Refuse to resume a log written with other certification settings (`LOG.json` records them).
+
+    Rank 0 writes `LOG.json` (atomically) while the log has no rows yet. Only the `model` entry is informative: the
+    same checkpoint can be spelled in several ways, so it is not compared.
+    """
+    path = Path(f"{out}.json")
+    if has_rows and path.exists():
+        saved = json.loads(path.read_text())
+        changed = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in settings.items()
+                   if k != "model" and saved.get(k) != v]
+        if changed:
+            raise ValueError(f"{out} was written with other settings: {', '.join(changed)}. Resume with the same "
+                             f"settings, or choose another --out.")
+    elif rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(settings, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
 # ------------------------------------------------------------------------------------------------------------- data
 def load_examples(dataset: str, split: str, image_column: str | None, label_column: str):
     """Stream a split (a local Hub-layout folder or a Hub id) with the images left undecoded.
@@ -199,7 +222,7 @@ def selected_indices(num_rows, skip: int, max_index: int):
 # --------------------------------------------------------------------------------------------------- distribution
 def distributed_context() -> tuple[int, int]:
     """(rank, world size) from the environment that `torchrun` and `accelerate launch` set; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def barrier(world_size: int) -> None:
@@ -239,6 +262,14 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
     for path in {out, own, *shard_paths(out)}:
         done.update(read_rows(path))
     ds, image_column, num_rows = load_examples(dataset, split, image_column, label_column)
+    settings = {
+        "model": str(pipe.model.name_or_path), "sigma": float(pipe.model.config.smoothing_sigma),
+        "dataset": os.path.abspath(dataset) if os.path.isdir(dataset) else dataset, "split": split,
+        "image_column": image_column, "label_column": label_column, "n0": n0, "n": n, "alpha": alpha, "seed": seed,
+        "method": method, "method_kwargs": dict(method_kwargs or {}),
+        "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).replace("torch.", ""),
+    }
+    check_settings(out, settings, has_rows=bool(done), rank=rank)
     selection = selected_indices(num_rows, skip, max_index)
     mine = None if selection is None else [i for k, i in enumerate(selection) if k % world_size == rank]
     total = None if mine is None else sum(i not in done for i in mine)
@@ -247,9 +278,10 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
     summary = {"certified": 0, "skipped_corrupt": 0, "already_done": 0, "rows": None}
     bar = tqdm(total=total, desc="certify" if world_size == 1 else f"certify rank {rank}", unit="img",
                disable=not progress, position=rank, dynamic_ncols=True)
+    examples = iter(ds)
     try:
         selected = -1
-        for idx, example in enumerate(ds):
+        for idx, example in enumerate(examples):
             if max_index >= 0 and idx >= max_index:
                 break
             if idx % skip:
@@ -269,10 +301,12 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
             certificate = pipe.model.certify(pixel_values[0].to(pipe.device), n0=n0, n=n, alpha=alpha,
                                              batch_size=batch_size, seed=image_seed(seed, idx), method=method,
                                              autocast_dtype=autocast_dtype, **(method_kwargs or {}))
-            writer.append(format_row(idx, int(example[label_column]), certificate))
+            label = example[label_column]
+            writer.append(format_row(idx, -1 if label is None else int(label), certificate))
             summary["certified"] += 1
             bar.update(1)
     finally:
+        getattr(examples, "close", lambda: None)()  # stop the parquet reader now, not at interpreter exit
         bar.close()
         writer.close()
     barrier(world_size)
