@@ -244,10 +244,13 @@ def close_process_group(world_size: int) -> None:
 # ----------------------------------------------------------------------------------------------------------- driver
 def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, image_column=None,
                     label_column="label", n0=100, n=100_000, alpha=0.001, batch_size=1000, seed=0, method="cohen",
-                    autocast_dtype=None, method_kwargs=None, progress=True, rank=None, world_size=None) -> dict:
+                    autocast_dtype=None, method_kwargs=None, progress=True, rank=None, world_size=None,
+                    within_image=False) -> dict:
     """Certify the selected images of `dataset[split]` with a `RandomizedSmoothingPipeline` into the log `out`.
 
-    See the module docstring for the log format, resuming and multi-process runs. Returns a summary
+    See the module docstring for the log format, resuming and multi-process runs. With `within_image=True`, every
+    process takes part in every image instead: each image's noise blocks are split over the processes
+    (`smoothing.certify(..., distributed=True)`), and rank 0 writes the log. Returns a summary
     `{"certified", "skipped_corrupt", "already_done", "rows"}` (`rows`: rows in the final log, rank 0 only).
     """
     from tqdm.auto import tqdm
@@ -257,10 +260,13 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
     if rank is None or world_size is None:
         rank, world_size = distributed_context()
     out = Path(out)
-    own = out if world_size == 1 else shard_path(out, rank)
+    within_image = within_image and world_size > 1
+    own = out if world_size == 1 or within_image else shard_path(out, rank)
     done = set()
     for path in {out, own, *shard_paths(out)}:
         done.update(read_rows(path))
+    if within_image:
+        barrier(world_size)  # every process has read the log before rank 0 appends to it
     ds, image_column, num_rows = load_examples(dataset, split, image_column, label_column)
     settings = {
         "model": str(pipe.model.name_or_path), "sigma": float(pipe.model.config.smoothing_sigma),
@@ -271,13 +277,14 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
     }
     check_settings(out, settings, has_rows=bool(done), rank=rank)
     selection = selected_indices(num_rows, skip, max_index)
-    mine = None if selection is None else [i for k, i in enumerate(selection) if k % world_size == rank]
+    share = 1 if within_image else world_size
+    mine = None if selection is None else [i for k, i in enumerate(selection) if k % share == rank % share]
     total = None if mine is None else sum(i not in done for i in mine)
 
-    writer = LogWriter(own)
+    writer = LogWriter(own) if rank == 0 or not within_image else None
     summary = {"certified": 0, "skipped_corrupt": 0, "already_done": 0, "rows": None}
-    bar = tqdm(total=total, desc="certify" if world_size == 1 else f"certify rank {rank}", unit="img",
-               disable=not progress, position=rank, dynamic_ncols=True)
+    bar = tqdm(total=total, desc="certify" if share == 1 else f"certify rank {rank}", unit="img",
+               disable=not progress or (within_image and rank > 0), position=rank % share, dynamic_ncols=True)
     examples = iter(ds)
     try:
         selected = -1
@@ -287,7 +294,7 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
             if idx % skip:
                 continue
             selected += 1
-            if selected % world_size != rank:
+            if selected % share != rank % share:
                 continue
             if idx in done:
                 summary["already_done"] += 1
@@ -300,15 +307,18 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
                 continue
             certificate = pipe.model.certify(pixel_values[0].to(pipe.device), n0=n0, n=n, alpha=alpha,
                                              batch_size=batch_size, seed=image_seed(seed, idx), method=method,
-                                             autocast_dtype=autocast_dtype, **(method_kwargs or {}))
+                                             autocast_dtype=autocast_dtype, distributed=within_image,
+                                             **(method_kwargs or {}))
             label = example[label_column]
-            writer.append(format_row(idx, -1 if label is None else int(label), certificate))
+            if writer is not None:
+                writer.append(format_row(idx, -1 if label is None else int(label), certificate))
             summary["certified"] += 1
             bar.update(1)
     finally:
         getattr(examples, "close", lambda: None)()  # stop the parquet reader now, not at interpreter exit
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     barrier(world_size)
     if rank == 0:
         summary["rows"] = merge_logs(out)

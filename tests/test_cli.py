@@ -122,6 +122,25 @@ def test_two_processes_match_one(reference_log, classifier_dir, data_dir, tmp_pa
     assert without_time(log) == without_time(reference_log)
 
 
+@pytest.mark.timeout(150)
+def test_two_processes_within_each_image_match_one(classifier_dir, data_dir, tmp_path):
+    """--within-image: both processes work on every image (noise blocks split between them), rank 0 writes."""
+    params = ["--n0", "300", "--n", "600", "--batch", "200", "--alpha", "0.001", "--seed", "0"]  # 2-3 blocks each
+    reference = tmp_path / "one.tsv"
+    assert main(certify_args(classifier_dir, data_dir / "cifar10", reference, 4, params) + ["--no-progress"]) == 0
+    log = tmp_path / "within.tsv"
+    args = certify_args(classifier_dir, data_dir / "cifar10", log, 4, params)
+    args[args.index("--max")] = "--max-index"
+    args[args.index("--n")] = "--N"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "dmae_hf", *args, "--within-image", "--no-progress"]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(ACCELERATE_USE_CPU="1"), capture_output=True,
+                            text=True, timeout=140)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("certified 4 image(s)") == 2  # every process took part in every image
+    assert without_time(log) == without_time(reference)
+
+
 @pytest.mark.timeout(60)
 def test_one_process_finishes_a_killed_two_process_run(reference_log, classifier_dir, data_dir, tmp_path, capsys):
     rows = reference_log.read_text().splitlines(keepends=True)

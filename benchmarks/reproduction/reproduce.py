@@ -92,9 +92,17 @@ def stage(out: Path, name: str, cmd: list[str], timings: dict) -> Path:
         start = time.time()
         resume = ["--resume"] if (out / name / "checkpoints").is_dir() else []
         run(cmd + ["--output-dir", str(out / name)] + resume, out / f"{name}.log")
-        timings[name] = timings.get(name, 0.0) + time.time() - start
-        (out / "timings.json").write_text(json.dumps(timings, indent=1))
+        record_time(out, timings, name, time.time() - start)
     return final
+
+
+def record_time(out: Path, timings: dict, name: str, seconds: float):
+    """Add `seconds` to stage `name` in out/timings.json (re-read first: stages may run in parallel processes)."""
+    path = out / "timings.json"
+    timings.update(json.loads(path.read_text()) if path.exists() else {})
+    timings[name] = timings.get(name, 0.0) + seconds
+    path.with_suffix(".tmp").write_text(json.dumps(timings, indent=1))
+    path.with_suffix(".tmp").replace(path)
 
 
 def main(argv=None) -> int:
@@ -102,8 +110,7 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cifar = str(Path(args.data or default_data_dir()) / "cifar10")
-    timings_path = out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
     py = sys.executable
     data = ["--dataset", cifar, "--image-column", "img", "--val-size", "5000", "--num-workers", "1", "--cpu",
             "--seed", "0", "--batch-size", str(args.batch_size), "--grad-accum", "1", "--save-every", "100"]
@@ -124,7 +131,6 @@ def main(argv=None) -> int:
     if "mae" in args.models:
         pt = stage(out, "pretrain-mae", pretrain + ["--mae"], timings)
         models["mae"] = stage(out, "finetune-mae", finetune + ["--model", str(pt)] + consistency, timings)
-    timings_path.write_text(json.dumps(timings, indent=1))
 
     logs = {}
     for name, path in models.items():
@@ -134,10 +140,9 @@ def main(argv=None) -> int:
                "--max", str(args.images), "--image-column", "img", "--label-column", "label", "--n0", str(args.n0),
                "--n", str(args.n), "--alpha", str(args.alpha), "--batch", "1000", "--seed", "0", "--out", str(log)]
         run(cmd, out / f"certify-{name}.log")  # resumes a killed run; a finished log is left as it is
-        timings[f"certify-{name}"] = timings.get(f"certify-{name}", 0.0) + time.time() - start
+        record_time(out, timings, f"certify-{name}", time.time() - start)
         COMMANDS[f"certify-{name}"] = cmd
         logs[name] = log
-    timings_path.write_text(json.dumps(timings, indent=1))
     results = write_report(args, logs, timings, Path(args.report))
     if args.ship and "dmae" in models:
         ship(models["dmae"], results, timings, args)

@@ -34,6 +34,9 @@ def register(subparsers):
     parser.add_argument("--target-radius", type=float, default=None, help="adaptive: stop once this radius is reached")
     parser.add_argument("--first-look", type=int, default=None, help="adaptive: samples at the first look (1000)")
     parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="run the model under autocast")
+    parser.add_argument("--within-image", action="store_true",
+                        help="with several processes: split each image's samples over them (noise blocks), instead "
+                             "of splitting the images; same log")
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", required=True, help="the TSV log (appended to when it exists: resume)")
@@ -66,7 +69,8 @@ def run(args) -> int:
             pipe, args.dataset, args.out, split=args.split, skip=args.skip, max_index=args.max_index,
             image_column=args.image_column, label_column=args.label_column, n0=args.n0, n=args.n, alpha=args.alpha,
             batch_size=args.batch, seed=args.seed, method=args.method, method_kwargs=method_kwargs,
-            autocast_dtype=parse_autocast_dtype(args.autocast), progress=not args.no_progress)
+            autocast_dtype=parse_autocast_dtype(args.autocast), progress=not args.no_progress,
+            within_image=args.within_image)
     except ValueError as error:
         print(f"dmae certify: error: {error}", file=sys.stderr)
         return 2
