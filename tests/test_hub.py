@@ -167,6 +167,9 @@ CLIENT = textwrap.dedent('''
         report["classifier_logits_equal"] = torch.equal(classifier(x).logits, reference(x).logits)
     report["sigma"] = classifier.config.smoothing_sigma
     report["label3"] = classifier.config.id2label[3]
+    from transformers import pipeline
+    certifier = pipeline("certified-image-classification", model="dmae-vit-base-sigma0.25")
+    report["pipeline"] = certifier(f"{work}/image.jpg", n0=10, n=100, alpha=0.01, seed=0)
 
     # 3. the usage code of the pushed model cards runs as written (on image.jpg, a real ImageNet photo)
     import re
@@ -206,6 +209,9 @@ def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
                                   "AutoModelForImageClassification": "DMAEForSmoothedClassification",
                                   "AutoImageProcessor": "DMAEImageProcessor"}
         assert report["sigma"] == 0.25 and report["label3"] == "cat"
+        certificate = report["pipeline"]  # the pipeline certified the photo with the pushed classifier
+        assert set(certificate) == {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha"}
+        assert certificate["sigma"] == 0.25 and certificate["n"] == 100
 
         # what the Hub received: safetensors weights (no pickles), configs, processor config and the rendered card
         for repo_id, card_name in (("tester/dmae-vit-base", "dmae-vit-base"),
