@@ -6,7 +6,6 @@ with a smaller n (fewer samples give smaller radii and more abstentions, never m
 so its floor is set below the card's 95% interval; a broken checkpoint, preprocessing or certifier lands far below.
 """
 
-import json
 import subprocess
 import sys
 
@@ -21,8 +20,10 @@ from dmae_hf.modeling_dmae import DMAEForSmoothedClassification
 
 NAME = "dmae-tiny-cifar10"
 NUM_IMAGES, N0, N, ALPHA = 100, 50, 300, 0.001
-# Card: clean certified accuracy at r = 0 on 500 test images (n0=100, n=1000); see `FLOORS` comment above.
-FLOORS = {0.0: 0.40, 0.25: 0.20}
+# The card (500 test images, n0=100, n=1000): 47.2% [42.8, 51.7] at r=0 and 33.4% [29.3, 37.7] at r=0.25. On 100
+# images the sampling interval is about twice as wide, and n=300 caps the radius at 0.5 and abstains more: these
+# settings measured 48% and 31%. A broken model (chance is 10%) or pipeline lands far below the floors.
+FLOORS = {0.0: 0.35, 0.25: 0.22}
 
 
 @pytest.fixture(scope="module")
