@@ -70,7 +70,8 @@ def parse_args(argv=None):
     parser.add_argument("--n", type=int, default=10_000, help="estimation samples per certificate")
     parser.add_argument("--n0", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.001)
-    parser.add_argument("--models", nargs="+", default=["dmae", "scratch", "mae"])
+    parser.add_argument("--models", nargs="+", default=["dmae", "scratch", "mae", "scratch-long"],
+                        help="dmae, scratch, mae, and scratch-long: (b) trained for pre-training + fine-tuning steps")
     parser.add_argument("--report", default=str(HERE / "README.md"), help="where to write the report")
     parser.add_argument("--ship", action="store_true",
                         help=f"also copy the DMAE model, with its model card, into dmae_hf/checkpoints/{EMBEDDED}")
@@ -94,6 +95,11 @@ def stage(out: Path, name: str, cmd: list[str], timings: dict) -> Path:
         run(cmd + ["--output-dir", str(out / name)] + resume, out / f"{name}.log")
         record_time(out, timings, name, time.time() - start)
     return final
+
+
+def replace_flag(cmd: list[str], flag: str, value) -> list[str]:
+    i = cmd.index(flag)
+    return cmd[: i + 1] + [str(value)] + cmd[i + 2 :]
 
 
 def record_time(out: Path, timings: dict, name: str, seconds: float):
@@ -128,6 +134,11 @@ def main(argv=None) -> int:
         models["dmae"] = stage(out, "finetune-dmae", finetune + ["--model", str(pt)] + consistency, timings)
     if "scratch" in args.models:
         models["scratch"] = stage(out, "finetune-scratch", finetune + ["--from-scratch"] + gaussian_only, timings)
+    if "scratch-long" in args.models:  # (b) given the step count of pre-training + fine-tuning
+        steps = args.pretrain_steps + args.finetune_steps
+        longer = replace_flag(replace_flag(finetune, "--max-steps", steps), "--warmup-steps", max(1, steps // 10))
+        models["scratch-long"] = stage(out, "finetune-scratch-long", longer + ["--from-scratch"] + gaussian_only,
+                                       timings)
     if "mae" in args.models:
         pt = stage(out, "pretrain-mae", pretrain + ["--mae"], timings)
         models["mae"] = stage(out, "finetune-mae", finetune + ["--model", str(pt)] + consistency, timings)
@@ -179,6 +190,37 @@ def ship(final: Path, results: dict, timings: dict, args):
     print(f"shipped {EMBEDDED} to {target}")
 
 
+def paired_comparison(logs: dict) -> list[str]:
+    """DMAE against each baseline on the same images: at each radius, b = images certified (correct, radius >= r)
+    by dmae only and c = by the baseline only; two-sided exact sign test of b ~ Bin(b + c, 1/2) (McNemar)."""
+    from scipy.stats import binomtest
+
+    from dmae_hf.analysis import read_log
+
+    if "dmae" not in logs or len(logs) < 2:
+        return []
+    def certified(path, r):  # idx -> certified at radius r
+        log = read_log(path)
+        return {int(i): bool(c == 1 and rad >= r) for i, c, rad in zip(log["idx"], log["correct"], log["radius"])}
+
+    lines = ["", "Paired on the same test images (McNemar's exact test): images certified at radius r by DMAE only "
+             "(b) and by the baseline only (c), and the two-sided p-value of b ~ Bin(b + c, 1/2).", "",
+             "| DMAE vs | " + " | ".join(f"r = {r}" for r in RADII) + " |",
+             "| --- | " + " | ".join("---" for _ in RADII) + " |"]
+    for name, path in logs.items():
+        if name == "dmae":
+            continue
+        cells = []
+        for r in RADII:
+            ours, theirs = certified(logs["dmae"], r), certified(path, r)
+            b = sum(ours[i] and not theirs.get(i, False) for i in ours)
+            c = sum(theirs[i] and not ours.get(i, False) for i in theirs)
+            p = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+            cells.append(f"b={b}, c={c}, p={p:.2g}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(args, logs: dict, timings: dict, report: Path):
     """Certified-accuracy table with 95% Clopper-Pearson intervals, the plot, commands and times."""
     from dmae_hf.analysis import analyze_logs
@@ -206,6 +248,7 @@ def write_report(args, logs: dict, timings: dict, report: Path):
         cells = [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
                  for a, (lo, hi) in zip(row["certified_accuracy"], row["confidence_intervals"])]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {row['acr']:.3f} |")
+    lines += paired_comparison(logs)
     lines += ["", f"![certified accuracy]({plot.name})", "", "Wall-clock time per stage (s; 2 CPU cores shared with other jobs, stages "
               "sometimes in parallel, so these are upper bounds):", ""]
     lines += [f"- {k}: {v:.0f}" for k, v in timings.items()]
