@@ -20,7 +20,6 @@ set (small n) when `dmae_hf.smoothing` provides it.
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
