@@ -255,13 +255,15 @@ class _Sampler:
         num_images, k = self.x.shape[0], self.num_classes
         if counts is None:
             counts = torch.zeros(num_images * k, dtype=torch.long, device=logits.device)
+        # votes of sample s go to counts[owner(s) * k + class]; index_add_ (unlike bincount) never syncs with the host
         votes = logits.argmax(dim=1)
-        if len(owners) == 1 or all(i == owners[0][0] for i, _ in owners):
-            counts[owners[0][0] * k : (owners[0][0] + 1) * k] += torch.bincount(votes, minlength=k)
+        if all(i == owners[0][0] for i, _ in owners):
+            slots = votes + owners[0][0] * k
         else:
             ids = torch.tensor([i for i, _ in owners], device=logits.device)
             sizes = torch.tensor([m for _, m in owners], device=logits.device)
-            counts += torch.bincount(torch.repeat_interleave(ids, sizes) * k + votes, minlength=num_images * k)
+            slots = torch.repeat_interleave(ids, sizes, output_size=len(votes)) * k + votes
+        counts.index_add_(0, slots, torch.ones_like(slots))
         if self.pbar is not None:
             self.pbar.update(batch.shape[0])
         return counts
@@ -301,7 +303,8 @@ def _prepare(base_classifier, x, sigma, alpha, batch_size, seed, autocast_dtype)
     _check_int("seed", seed, minimum=0)
     if autocast_dtype not in (None, torch.bfloat16, torch.float16):
         raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}.")
-    module = base_classifier if isinstance(base_classifier, torch.nn.Module) else getattr(base_classifier, "__self__", None)
+    module = (base_classifier if isinstance(base_classifier, torch.nn.Module)
+              else getattr(base_classifier, "__self__", None))
     param = next(module.parameters(), None) if isinstance(module, torch.nn.Module) else None
     device = param.device if param is not None else x.device
     return x.to(device=device, dtype=torch.float32), single
@@ -359,7 +362,9 @@ def certify(base_classifier, x, sigma, n0=100, n=100_000, alpha=0.001, batch_siz
     probability >= 1 - alpha every look's lower bound is below pA(cA) simultaneously, so the bound reported at
     whichever look the rule below stops is valid, whatever the rule (it only decides when to stop):
       (a) abstain when the upper bound is < 1/2 (hopeless);
-      (b) stop when the radius reaches `target_radius` (method kwarg, default None = off);
+      (b) `target_radius` (a radius or a list of the radii the user cares about; default None = off): stop when the
+          largest is certified, or when the smallest one not yet certified is out of reach: even nA = upper bound of
+          pA times n votes out of n would not certify it;
       (c) stop when even nA + (n - N_k) votes out of n would raise the radius by <= `radius_tolerance` (default 0);
       (d) stop when the point estimate nA / N_k extrapolated to n would raise it by <= `estimate_tolerance`
           (default None = off; a heuristic, still valid).
@@ -417,15 +422,24 @@ def _certificate(counts, cA, drawn, level, sigma, n0, n, seed, method, alpha=Non
 
 def _adaptive_options(n, first_look=1000, target_radius=None, radius_tolerance=0.0, estimate_tolerance=None):
     _check_int("first_look", first_look)
-    for name, value in [("target_radius", target_radius), ("estimate_tolerance", estimate_tolerance),
+    targets = None if target_radius is None else (
+        [target_radius] if isinstance(target_radius, numbers.Number) else list(target_radius))
+    for name, value in [*(("target_radius", t) for t in targets or []), ("estimate_tolerance", estimate_tolerance),
                         ("radius_tolerance", radius_tolerance)]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0):
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
-    return dict(looks=look_schedule(n, first_look), target_radius=target_radius,
+            raise ValueError(f"{name} must be a number >= 0 (target_radius: or a list of them), got {value!r}.")
+    if targets == []:
+        raise ValueError("target_radius must not be an empty list.")
+    return dict(looks=look_schedule(n, first_look), targets=None if targets is None else sorted(targets),
                 radius_tolerance=radius_tolerance, estimate_tolerance=estimate_tolerance)
 
 
-def _adaptive(sampler, streams, guesses, n0, n, alpha, sigma, seed, looks, target_radius, radius_tolerance,
+def _certifies(lower: float, sigma: float, radius: float) -> bool:
+    """Whether a lower bound `lower` on pA certifies `radius`."""
+    return lower >= 0.5 and radius_from_bound(lower, sigma) >= radius
+
+
+def _adaptive(sampler, streams, guesses, n0, n, alpha, sigma, seed, looks, targets, radius_tolerance,
               estimate_tolerance):
     """Sequential estimation over the pre-scheduled `looks`, each at level alpha / len(looks); see `certify`."""
     level = alpha / len(looks)
@@ -442,12 +456,14 @@ def _adaptive(sampler, streams, guesses, n0, n, alpha, sigma, seed, looks, targe
             c = votes[i] if counts[i] is None else counts[i] + votes[i]
             counts[i] = c
             nA = int(c[guesses[i]])
-            lower = clopper_pearson_lower(nA, look, level)
+            lower, upper = clopper_pearson_lower(nA, look, level), clopper_pearson_upper(nA, look, level)
             radius = radius_from_bound(lower, sigma)
+            missing = [t for t in targets or [] if not _certifies(lower, sigma, t)]
+            best = clopper_pearson_lower(min(n, math.ceil(upper * n)), n, level)  # pA at its upper bound, n samples
             stop = (
                 look == n
-                or clopper_pearson_upper(nA, look, level) < 0.5
-                or (target_radius is not None and lower >= 0.5 and radius >= target_radius)
+                or upper < 0.5
+                or (targets is not None and (not missing or not _certifies(best, sigma, missing[0])))
                 or radius_from_bound(clopper_pearson_lower(nA + n - look, n, level), sigma) - radius <= radius_tolerance
                 or (estimate_tolerance is not None
                     and radius_from_bound(clopper_pearson_lower(round(nA * n / look), n, level), sigma) - radius

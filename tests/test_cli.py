@@ -232,6 +232,12 @@ def test_adaptive_method_and_autocast(classifier_dir, data_dir, tmp_path, capsys
     assert main(args + ["--method", "adaptive", "--first-look", "100", "--target-radius", "0.05", "--no-progress"]) == 0
     samples = [int(line.split("\t")[7]) for line in read_rows(out).values()]
     assert len(samples) == 6 and max(samples) <= 810 and min(samples) < 810  # some images stop at an early look
+    tolerant = tmp_path / "tolerant.tsv"
+    assert main(args[:-1] + [str(tolerant), "--method", "adaptive", "--first-look", "100", "--estimate-tolerance", "1",
+                             "--no-progress"]) == 0  # the extrapolated gain is always below 1: stop at the first look
+    assert {int(line.split("\t")[7]) for line in read_rows(tolerant).values()} == {110}
+    assert json.loads(tolerant.with_name(tolerant.name + ".json").read_text())["method_kwargs"] == {
+        "first_look": 100, "estimate_tolerance": 1.0}
     assert main(args[:-1] + [str(tmp_path / "bf16.tsv"), "--autocast", "bf16", "--no-progress"]) == 0
     assert {int(line.split("\t")[7]) for line in read_rows(tmp_path / "bf16.tsv").values()} == {810}
     capsys.readouterr()
@@ -265,3 +271,33 @@ def test_predict_prints_json(classifier_dir, cifar10_test_images, tmp_path, caps
                  str(classifier_dir), "--n", "100"]) == 1
     captured = capsys.readouterr()
     assert "car.png: " in captured.out and "missing.png: No image file" in captured.err
+
+
+@pytest.mark.timeout(300)
+def test_compiled_classifier_certifies_like_the_eager_one(classifier_dir, data_dir, tmp_path, monkeypatch):
+    """`--compile` runs torch.compile (inductor, fixed shapes) on the base classifier; the noise is the same, so the
+    certificates agree with the eager run up to float rounding in the logits (pA_lower within one vote's worth)."""
+    import torch
+
+    compile_calls, real_compile = [], torch.compile
+
+    def recording_compile(fn, **kwargs):
+        compiled = real_compile(fn, **kwargs)
+
+        def call(*args):
+            compile_calls.append(args[0].shape[0])
+            return compiled(*args)
+
+        return call
+
+    eager, compiled = tmp_path / "eager.tsv", tmp_path / "compiled.tsv"
+    assert main(certify_args(classifier_dir, data_dir / "cifar10", eager, max_index=2) + ["--no-progress"]) == 0
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    assert main(certify_args(classifier_dir, data_dir / "cifar10", compiled, max_index=2)
+                + ["--no-progress", "--compile"]) == 0
+    assert sum(compile_calls) == 2 * (10 + 50)  # every noisy sample went through the compiled classifier
+    a, b = read_rows(eager), read_rows(compiled)
+    assert a.keys() == b.keys() == {0, 1}
+    for idx in a:
+        ea, co = a[idx].split("\t"), b[idx].split("\t")
+        assert ea[:3] == co[:3] and abs(float(ea[6]) - float(co[6])) < 0.02

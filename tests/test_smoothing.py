@@ -49,8 +49,9 @@ def test_clopper_pearson_bounds_are_exact_tail_inversions(k, n):
 
 def test_maximal_radius_matches_cohen_table():
     """nA = n: PhiInv(pA_lower) = 3.199 at n = 1e4 and 3.811 at n = 1e5 (alpha = 0.001)."""
-    assert smoothing.radius_from_bound(clopper_pearson_lower(10_000, 10_000, 0.001), 1.0) == pytest.approx(3.199, abs=1e-3)
-    assert smoothing.radius_from_bound(clopper_pearson_lower(100_000, 100_000, 0.001), 1.0) == pytest.approx(3.811, abs=1e-3)
+    radius = smoothing.radius_from_bound
+    assert radius(clopper_pearson_lower(10_000, 10_000, 0.001), 1.0) == pytest.approx(3.199, abs=1e-3)
+    assert radius(clopper_pearson_lower(100_000, 100_000, 0.001), 1.0) == pytest.approx(3.811, abs=1e-3)
 
 
 def test_look_schedule():
@@ -150,7 +151,8 @@ def test_confident_image_is_certified_with_cohen_radius():
     f = Recorder(threshold=0.2)  # far from the boundary: every vote is class 1
     cert = certify(f, torch.full((1, 4, 4), 0.6), 0.25, n0=10, n=1000, alpha=0.001)
     assert cert.prediction == 1 and cert.counts == [0, 1000] and cert.num_samples == 1010
-    assert cert.radius == pytest.approx(0.25 * smoothing.norm.ppf(0.001 ** (1 / 1000)))  # CP bound at k = n: alpha^(1/n)
+    # the Clopper-Pearson bound at k = n is alpha^(1/n)
+    assert cert.radius == pytest.approx(0.25 * smoothing.norm.ppf(0.001 ** (1 / 1000)))
 
 
 # ---------------------------------------------------------------------------------------------------------- adaptive
@@ -178,6 +180,23 @@ def test_adaptive_stops_early_and_draws_fewer_samples():
     assert full.num_samples == 4010 and full.pA_lower == clopper_pearson_lower(4000, 4000, 0.001 / 3)
 
 
+def test_adaptive_targets_stop_when_the_next_radius_is_out_of_reach():
+    """pA = 0.7 exactly (sigma 0.25): the true radius is 0.25 * PhiInv(0.7) = 0.131, so 0.1 can be certified and
+    0.25 or 0.5 never; the sampler must stop as soon as the next target is out of reach, not spend all of n."""
+    x = torch.full((1, 4, 4), 0.6)
+
+    def seventy(z):  # class 1 when u = Phi(eps_0 / sigma) < 0.7, u uniform: P(class 1) = 0.7
+        u = torch.special.ndtr((z.flatten(1)[:, 0] - 0.6) / 0.25)
+        return torch.nn.functional.one_hot((u < 0.7).long(), 2).float()
+
+    far = certify(seventy, x, 0.25, n0=10, n=64_000, method="adaptive", target_radius=[0.25, 0.5])
+    assert far.prediction == 1 and far.num_samples == 1010  # even the upper bound of pA cannot give 0.25
+    near = certify(seventy, x, 0.25, n0=10, n=64_000, method="adaptive", target_radius=[0.1, 0.5])
+    assert near.prediction == 1 and near.radius >= 0.1 and 1010 < near.num_samples <= 8010
+    fixed = certify(seventy, x, 0.25, n0=10, n=64_000)
+    assert 0.1 <= fixed.radius < 0.131 and fixed.num_samples == 64_010
+
+
 # --------------------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "change,match",
@@ -201,6 +220,8 @@ def test_adaptive_stops_early_and_draws_fewer_samples():
         (dict(method="fast"), "method"),
         (dict(autocast_dtype=torch.int8), "autocast_dtype"),
         (dict(method="adaptive", target_radius=-1.0), "target_radius"),
+        (dict(method="adaptive", target_radius=[0.25, -0.5]), "target_radius"),
+        (dict(method="adaptive", target_radius=[]), "target_radius"),
         (dict(first_look=10), "extra options"),
     ],
 )

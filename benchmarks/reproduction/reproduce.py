@@ -179,7 +179,8 @@ def ship(final: Path, results: dict, timings: dict, args):
     config.pop("auto_map", None)  # the package's own classes load it; no remote-code files are shipped
     (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     row = next(r for r in results["rows"] if r["name"] == "dmae")
-    card_results = {"radii": results["radii"], "rows": [{**row, "name": f"CIFAR-10 test, first {args.images} images, n={args.n}"}],
+    card_results = {"radii": results["radii"],
+                    "rows": [{**row, "name": f"CIFAR-10 test, first {args.images} images, n={args.n}"}],
                     "envelope": None}
     train_minutes = (timings.get("pretrain-dmae", 0) + timings.get("finetune-dmae", 0)) / 60
     provenance = "\n".join([
@@ -259,7 +260,8 @@ def write_report(args, logs: dict, timings: dict, report: Path):
                  for a, (lo, hi) in zip(row["certified_accuracy"], row["confidence_intervals"])]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {row['acr']:.3f} |")
     lines += paired_comparison(logs)
-    lines += ["", f"![certified accuracy]({plot.name})", "", "Time per stage (s; 2 CPU cores shared with other jobs, stages sometimes "
+    lines += ["", f"![certified accuracy]({plot.name})", "",
+              "Time per stage (s; 2 CPU cores shared with other jobs, stages sometimes "
               "in parallel). Training: wall time of the runs that finished the stage; certification: the sum of the "
               "log's per-image times, so a killed and resumed run counts fully:", ""]
     lines += [f"- {k}: {v:.0f}" for k, v in timings.items()]

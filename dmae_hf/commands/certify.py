@@ -31,9 +31,18 @@ def register(subparsers):
     parser.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
     parser.add_argument("--seed", type=int, default=0, help="image idx uses the seed mix(seed, idx)")
     parser.add_argument("--method", choices=["cohen", "adaptive"], default="cohen")
-    parser.add_argument("--target-radius", type=float, default=None, help="adaptive: stop once this radius is reached")
+    parser.add_argument("--target-radius", type=float, nargs="+", default=None,
+                        help="adaptive: the radii that matter; stop once the largest is certified or the next one "
+                             "is out of reach")
     parser.add_argument("--first-look", type=int, default=None, help="adaptive: samples at the first look (1000)")
+    parser.add_argument("--estimate-tolerance", type=float, default=None,
+                        help="adaptive: stop once the point estimate says n samples would add at most this radius")
+    parser.add_argument("--radius-tolerance", type=float, default=None,
+                        help="adaptive: stop once even all remaining votes would add at most this radius (0)")
     parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="run the model under autocast")
+    parser.add_argument("--compile", nargs="?", const="default", default=None,
+                        choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile the base classifier in this mode (reduce-overhead: CUDA graphs on GPU)")
     parser.add_argument("--within-image", action="store_true",
                         help="with several processes: split each image's samples over them (noise blocks), instead "
                              "of splitting the images; same log")
@@ -60,11 +69,15 @@ def run(args) -> int:
     from ..certify_dataset import certify_dataset
     from ..pipeline_dmae import parse_autocast_dtype
 
-    method_kwargs = {k: v for k, v in (("target_radius", args.target_radius), ("first_look", args.first_look))
-                     if v is not None}
+    method_kwargs = {k: v for k in ("target_radius", "first_look", "estimate_tolerance", "radius_tolerance")
+                     if (v := getattr(args, k)) is not None}
+    if args.target_radius is not None and len(args.target_radius) == 1:
+        method_kwargs["target_radius"] = args.target_radius[0]
     try:
         pipe = pipeline("certified-image-classification", model=args.model, device=args.device or default_device(),
                         dtype=torch.float32)
+        if args.compile:  # shadows the method on this instance; fixed batch shapes (n0, batch, tails) compile once each
+            pipe.model.base_classifier = torch.compile(pipe.model.base_classifier, mode=args.compile, dynamic=False)
         summary = certify_dataset(
             pipe, args.dataset, args.out, split=args.split, skip=args.skip, max_index=args.max_index,
             image_column=args.image_column, label_column=args.label_column, n0=args.n0, n=args.n, alpha=args.alpha,
