@@ -4,19 +4,15 @@ import json
 import time
 from pathlib import Path
 
+from . import add_sampling_arguments
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 ASSETS = PACKAGE_DIR / "assets" / "cifar10"
-EMBEDDED_MODEL = "dmae-tiny-cifar10"
 
 
 def register(subparsers):
     parser = subparsers.add_parser("demo", help="certify bundled CIFAR-10 images with the embedded DMAE model")
-    parser.add_argument("--model", default=EMBEDDED_MODEL, help="model short name, Hub id or directory")
-    parser.add_argument("--n0", type=int, default=100, help="selection samples per image")
-    parser.add_argument("--n", type=int, default=1000, help="estimation samples per image")
-    parser.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
-    parser.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
-    parser.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(parser)
     parser.add_argument("--out", default="dmae-demo.png", help="where to write the picture")
     parser.set_defaults(func=run)
 

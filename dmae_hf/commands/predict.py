@@ -9,7 +9,7 @@ the L2 radius on which it is certified with probability >= 1 - alpha, or "abstai
 import json
 import sys
 
-EMBEDDED_MODEL = "dmae-tiny-cifar10"
+from . import add_sampling_arguments
 
 
 def register(subparsers):
@@ -17,12 +17,7 @@ def register(subparsers):
         "predict", help="certified label and radius of image files (the certified-image-classification pipeline)",
         description="Certify each image (Cohen et al.'s CERTIFY at the model's sigma) and print label and radius.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
-    parser.add_argument("--model", default=EMBEDDED_MODEL, help="model directory, Hub id or short name")
-    parser.add_argument("--n0", type=int, default=100, help="selection samples per image")
-    parser.add_argument("--n", type=int, default=1000, help="estimation samples per image")
-    parser.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
-    parser.add_argument("--batch", type=int, default=1000, help="noisy samples per forward pass")
-    parser.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     parser.set_defaults(func=run)
