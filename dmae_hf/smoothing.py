@@ -439,6 +439,11 @@ def _certifies(lower: float, sigma: float, radius: float) -> bool:
     return lower >= 0.5 and radius_from_bound(lower, sigma) >= radius
 
 
+def _reachable(radius: float, upper: float, n: int, level: float, sigma: float) -> bool:
+    """Whether `radius` could be certified with n samples if pA were at its upper confidence bound `upper`."""
+    return _certifies(clopper_pearson_lower(min(n, math.ceil(upper * n)), n, level), sigma, radius)
+
+
 def _adaptive(sampler, streams, guesses, n0, n, alpha, sigma, seed, looks, targets, radius_tolerance,
               estimate_tolerance):
     """Sequential estimation over the pre-scheduled `looks`, each at level alpha / len(looks); see `certify`."""
@@ -459,11 +464,10 @@ def _adaptive(sampler, streams, guesses, n0, n, alpha, sigma, seed, looks, targe
             lower, upper = clopper_pearson_lower(nA, look, level), clopper_pearson_upper(nA, look, level)
             radius = radius_from_bound(lower, sigma)
             missing = [t for t in targets or [] if not _certifies(lower, sigma, t)]
-            best = clopper_pearson_lower(min(n, math.ceil(upper * n)), n, level)  # pA at its upper bound, n samples
             stop = (
                 look == n
                 or upper < 0.5
-                or (targets is not None and (not missing or not _certifies(best, sigma, missing[0])))
+                or (targets is not None and (not missing or not _reachable(missing[0], upper, n, level, sigma)))
                 or radius_from_bound(clopper_pearson_lower(nA + n - look, n, level), sigma) - radius <= radius_tolerance
                 or (estimate_tolerance is not None
                     and radius_from_bound(clopper_pearson_lower(round(nA * n / look), n, level), sigma) - radius
