@@ -33,7 +33,8 @@ setup(
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "evaluate>=0.4", "kornia>=0.7"],
         "dev": ["pytest", "pytest-timeout", "pytest-xdist", "evaluate>=0.4", "kornia>=0.7", "ruff"],
     },
-    entry_points={"console_scripts": ["dmae=dmae_hf.cli:main"]},
+    py_modules=["dmae_cli"],
+    entry_points={"console_scripts": ["dmae=dmae_cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

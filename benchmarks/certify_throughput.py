@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:
-    for candidate in [os.environ.get("DMAE_DATA_DIR"), REPO.parent / "shared" / "data", "/work/shared/data"]:
+    for candidate in [os.environ.get("DMAE_DATA_DIR"), REPO.parent / "shared" / "data"]:
         if candidate and (Path(candidate) / "cifar10").is_dir():
             return Path(candidate)
     raise SystemExit("CIFAR-10 not found: set DMAE_DATA_DIR to the folder holding cifar10/.")

@@ -18,12 +18,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_data_dir() -> Path:
-    """The shared real data: `$DMAE_DATA_DIR`, `<repo>/../shared/data` (CI) or `/work/shared/data`."""
-    candidates = [os.environ.get("DMAE_DATA_DIR"), REPO_ROOT.parent / "shared" / "data", "/work/shared/data"]
+    """The shared real data: `$DMAE_DATA_DIR`, else `<repo>/../shared/data` (where CI lays it)."""
+    candidates = [os.environ.get("DMAE_DATA_DIR"), REPO_ROOT.parent / "shared" / "data"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "cifar10").is_dir():
             return Path(candidate)
-    raise FileNotFoundError(f"Shared data not found in {candidates}; set DMAE_DATA_DIR.")
+    raise FileNotFoundError(f"No real test data (a folder holding cifar10/ and imagenet-sample/ in the Hub parquet "
+                            f"layout) in {[str(c) for c in candidates if c]}; set DMAE_DATA_DIR to such a folder.")
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ COMMANDS: dict[str, list[str]] = {}  # stage -> the command that produced it (fo
 
 
 def default_data_dir() -> Path:
-    for candidate in (os.environ.get("DMAE_DATA_DIR"), REPO.parent / "shared" / "data", "/work/shared/data"):
+    for candidate in (os.environ.get("DMAE_DATA_DIR"), REPO.parent / "shared" / "data"):
         if candidate and (Path(candidate) / "cifar10").is_dir():
             return Path(candidate)
     raise SystemExit("CIFAR-10 not found: set DMAE_DATA_DIR to the folder that holds cifar10/.")
