@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import Pipeline
 from transformers.utils import logging
 
@@ -58,7 +59,7 @@ def check_image_size(width, height, max_pixels, what="The image"):
 def load_image_file(path, max_pixels=None):
     """Open an image file with PIL, check its size from the header (`max_pixels`), then decode it now, so that a
     corrupt, missing or oversized file fails here with a `ValueError`."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     name = str(path)
     if os.path.isdir(path):
@@ -205,7 +206,7 @@ class RandomizedSmoothingPipeline(Pipeline):
             array = channels_last(image)
             if array.ndim in (2, 3):
                 check_image_size(array.shape[1], array.shape[0], max_pixels)
-        elif hasattr(image, "size") and hasattr(image, "mode"):  # PIL: the size is known before decoding
+        elif isinstance(image, Image.Image):  # the size is known before decoding
             check_image_size(*image.size, max_pixels)
         processor = self.image_processor
         if not isinstance(processor, DMAEImageProcessor):
