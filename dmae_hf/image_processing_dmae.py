@@ -8,6 +8,30 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
 
+def channels_last(arr: np.ndarray) -> np.ndarray:
+    """An image array as (H, W) or (H, W, C) (a view): (C, H, W) with C in 1, 3, 4 is moved, (H, W, 1) squeezed."""
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    return arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
+
+
+def resize_shortest_edge(image: Image.Image, edge: int, resample: str = "bicubic") -> Image.Image:
+    """Resize (PIL) so that the shortest edge is `edge` pixels, keeping the aspect ratio."""
+    w, h = image.size
+    scale = edge / min(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return image if size == image.size else image.resize(size, _RESAMPLE[resample])
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The central (size, size) square; a `ValueError` if the image is smaller."""
+    w, h = image.size
+    if w < size or h < size:
+        raise ValueError(f"Image of {w}x{h} is smaller than the crop size {size}; enable do_resize.")
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
 class DMAEImageProcessor(BaseImageProcessor):
     r"""
     Turns images into `pixel_values` in **[0, 1]**: RGB conversion, optional resize of the shortest edge and center
@@ -22,6 +46,10 @@ class DMAEImageProcessor(BaseImageProcessor):
         resize_shortest_edge (`int`): 256 for ImageNet.
         do_center_crop (`bool`) / crop_size (`int`): 224 for ImageNet.
         resample (`str`): "bicubic", "bilinear" or "nearest".
+
+    Calling it with `size=S` (as the `certified-image-classification` pipeline does with the model's
+    `config.image_size`) also brings every image the steps above leave at another size to S x S: shortest edge
+    resized to S, then center crop.
     """
 
     model_input_names = ["pixel_values"]
@@ -45,6 +73,9 @@ class DMAEImageProcessor(BaseImageProcessor):
     def to_pil(self, image) -> Image.Image:
         """Any supported input as an 8-bit RGB PIL image, or a `ValueError` that names the problem."""
         if isinstance(image, Image.Image):
+            if 0 in image.size:
+                raise ValueError(f"Empty image of {image.size[0]}x{image.size[1]} pixels: an image needs at least "
+                                 "one pixel.")
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: keep the top 8 bits
                 arr = np.asarray(image, dtype=np.float64)
                 scale = 65535.0 if arr.max() > 255 or image.mode.startswith("I;16") else 255.0
@@ -59,14 +90,14 @@ class DMAEImageProcessor(BaseImageProcessor):
         if hasattr(image, "numpy") and not isinstance(image, np.ndarray):  # torch tensor
             image = image.detach().cpu().numpy()
         if not isinstance(image, np.ndarray):
-            raise ValueError(f"Unsupported image type {type(image).__name__}; pass a PIL image or a numpy array.")
-        arr = image
-        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-            arr = np.moveaxis(arr, 0, -1)  # channels first -> last
-        if arr.ndim == 3 and arr.shape[-1] == 1:
-            arr = arr[..., 0]
+            raise ValueError(f"Unsupported image type {type(image).__name__}; pass a PIL image, a numpy array, a "
+                             "tensor or an image file path.")
+        arr = channels_last(image)
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-            raise ValueError(f"Unsupported image array shape {arr.shape}: expected (H, W), (H, W, 3|4) or (3|4, H, W).")
+            raise ValueError(f"Unsupported image array shape {image.shape}: expected (H, W), (H, W, 3|4) or "
+                             "(3|4, H, W).")
+        if arr.size == 0:
+            raise ValueError(f"Empty image array of shape {image.shape}: an image needs at least one pixel.")
         if np.issubdtype(arr.dtype, np.floating):
             if not np.isfinite(arr).all():
                 raise ValueError("Image array contains NaN or Inf values.")
@@ -80,33 +111,42 @@ class DMAEImageProcessor(BaseImageProcessor):
         mode = {2: "L", 3: "RGB", 4: "RGBA"}[1 if arr.ndim == 2 else arr.shape[-1]] if arr.ndim == 3 else "L"
         return self.to_pil(Image.fromarray(arr, mode=mode))
 
-    def process_one(self, image) -> np.ndarray:
-        """One image -> float32 array (3, H, W) in [0, 1]."""
+    def resize_and_crop(self, image) -> Image.Image:
+        """`to_pil`, then the processor's own resize and center crop."""
         image = self.to_pil(image)
         if self.do_resize:
-            w, h = image.size
-            scale = self.resize_shortest_edge / min(w, h)
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            image = image.resize(size, _RESAMPLE[self.resample])
+            image = resize_shortest_edge(image, self.resize_shortest_edge, self.resample)
         if self.do_center_crop:
-            w, h = image.size
-            c = self.crop_size
-            if w < c or h < c:
-                raise ValueError(f"Image of {w}x{h} is smaller than the crop size {c}; enable do_resize.")
-            left, top = int(round((w - c) / 2.0)), int(round((h - c) / 2.0))
-            image = image.crop((left, top, left + c, top + c))
+            image = center_crop(image, self.crop_size)
+        return image
+
+    def fit(self, image: Image.Image, size: int) -> Image.Image:
+        """A PIL image at (size, size): shortest edge resized to `size`, then center crop; unchanged if already so."""
+        return image if image.size == (size, size) else center_crop(resize_shortest_edge(image, size, self.resample),
+                                                                    size)
+
+    @staticmethod
+    def to_array(image: Image.Image) -> np.ndarray:
+        """An RGB PIL image -> float32 array (3, H, W) in [0, 1]."""
         return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
-    def preprocess(self, images, return_tensors="pt", **kwargs) -> BatchFeature:
+    def process_one(self, image, size=None) -> np.ndarray:
+        """One image -> float32 array (3, H, W) in [0, 1]; with `size`, at (size, size) (see `fit`)."""
+        image = self.resize_and_crop(image)
+        return self.to_array(image if size is None else self.fit(image, size))
+
+    def preprocess(self, images, return_tensors="pt", size=None, **kwargs) -> BatchFeature:
+        """Images -> `pixel_values` (B, 3, H, W) in [0, 1]; `size` brings every image to (size, size) (see
+        `process_one`)."""
         if not isinstance(images, (list, tuple)):
             images = [images]
         if len(images) == 0:
             raise ValueError("No images given.")
-        arrays = [self.process_one(image) for image in images]
+        arrays = [self.process_one(image, size=size) for image in images]
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise ValueError(f"Images have different sizes after processing {sorted(shapes)}; enable resize and crop.")
         return BatchFeature(data={"pixel_values": np.stack(arrays)}, tensor_type=return_tensors)
 
 
-__all__ = ["DMAEImageProcessor"]
+__all__ = ["DMAEImageProcessor", "center_crop", "channels_last", "resize_shortest_edge"]

@@ -5,16 +5,23 @@
     >>> from transformers import pipeline
     >>> certifier = pipeline("certified-image-classification", model="path/to/classifier")
     >>> certifier("cat.png", n0=100, n=10_000, alpha=0.001)
-    {'label': 'cat', 'class_id': 3, 'radius': 0.41, 'pA_lower': 0.95, 'abstained': False, 'sigma': 0.25, ...}
+    {'label': 'cat', 'class_id': 3, 'radius': 0.41, 'pA_lower': 0.95, 'abstained': False, 'sigma': 0.25, ...,
+     'resolution': [32, 32]}
 """
 
 import os
+import types
+import warnings
 
+import numpy as np
 import torch
+from PIL import Image
 from transformers import Pipeline
 from transformers.utils import logging
 
-from .image_processing_dmae import DMAEImageProcessor
+from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
+from .image_processing_dmae import DMAEImageProcessor, channels_last
+from .modeling_dmae import check_pixel_values
 
 logger = logging.get_logger(__name__)
 
@@ -30,7 +37,9 @@ AUTOCAST_DTYPES = {
 
 # Call arguments routed to `model.certify` (and from there to `dmae_hf.smoothing.certify`).
 CERTIFY_PARAMETERS = ("n0", "n", "alpha", "seed", "method", "first_look", "target_radius", "radius_tolerance",
-                      "estimate_tolerance")
+                      "estimate_tolerance", "progress")
+MAX_PIXELS = 50_000_000  # larger images are refused before their pixels are decoded
+PROGRESS_MIN_SAMPLES = 10_000  # progress=None shows a bar when a certificate draws n0 + n >= this many samples
 
 
 def parse_autocast_dtype(value):
@@ -40,38 +49,70 @@ def parse_autocast_dtype(value):
     return AUTOCAST_DTYPES[value]
 
 
-def load_image_file(path):
-    """Open an image file with PIL and decode it now, so that a corrupt file fails here with a `ValueError`."""
-    from PIL import Image, UnidentifiedImageError
+def check_image_size(width, height, max_pixels, what="The image"):
+    """A `ValueError` when a width x height image exceeds `max_pixels`, before anything is decoded or allocated."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(f"{what} has {width}x{height} = {width * height / 1e6:.1f} megapixels, more than "
+                         f"max_pixels = {max_pixels:,}: downscale it first, or pass a larger max_pixels.")
 
+
+def load_image_file(path, max_pixels=None):
+    """Open an image file with PIL, check its size from the header (`max_pixels`), then decode it now, so that a
+    corrupt, missing or oversized file fails here with a `ValueError`."""
+    from PIL import UnidentifiedImageError
+
+    name = str(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{name!r} is a directory, not an image file: pass the image files it contains.")
     if not os.path.isfile(path):
-        raise ValueError(f"No image file at {str(path)!r}.")
+        raise ValueError(f"No image file at {name!r}: check the path.")
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # the size check below is ours
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        try:
+            check_image_size(*image.size, max_pixels, what=f"The image {name!r}")
+        except ValueError:
+            image.close()
+            raise
         image.load()
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"The image {name!r} is too large to decode: {error} Downscale it first.") from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"Cannot read the image {str(path)!r}: {error}") from error
+        raise ValueError(f"Cannot read the image {name!r}: {error}") from error
     return image
 
 
 class RandomizedSmoothingPipeline(Pipeline):
     """Certified image classification with randomized smoothing (Cohen et al., 2019) at the model's own sigma.
 
-    For each image, returns `{"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha"}`:
-    with probability at least 1 - alpha the smoothed classifier g predicts `label` on the whole L2 ball of `radius`
-    (in [0, 1] pixel units) around the image. When CERTIFY abstains, `label` and `class_id` are `None` and `radius`
-    is 0.0.
+    For each image, returns `{"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha",
+    "resolution"}`: with probability at least 1 - alpha the smoothed classifier g predicts `label` on the whole L2
+    ball of `radius` around the image, the L2 norm being that of [0, 1] pixels at `resolution` = [H, W], the model's
+    input (`config.image_size`). When CERTIFY abstains, `label` and `class_id` are `None` and `radius` is 0.0.
 
     Inputs: PIL images (any mode; converted to RGB by the image processor), image file paths, numpy arrays (HWC or
-    HW, `uint8`, `uint16` or float in [0, 1]), (C, H, W) tensors, or lists of them (a list gives a list of results).
+    HW, `uint8`, `uint16` or float in [0, 1]), (C, H, W) tensors, or lists of them (a list, or a (B, C, H, W)
+    tensor, gives a list of results). Every image is brought to the model's input size before any noise is added:
+    by the checkpoint's processor (ImageNet: shortest edge 256, center crop 224) and, when that leaves another size,
+    by resizing the shortest edge to `image_size` (bicubic) and center-cropping (logged once per pipeline). Float
+    (C, H, W) tensors are certified as given, so they must already be (3, image_size, image_size).
 
     Call arguments (also accepted by `pipeline(...)`, where they become defaults):
         n0 (`int`, 100): selection samples. n (`int`, 10000): estimation samples. alpha (`float`, 0.001): failure
-        probability. batch_size (`int`, 1000): noisy samples per forward pass; unlike other pipelines it is the
-        Monte Carlo batch, images are certified one after the other. seed (`int`, 0): noise seed, so results are
-        reproducible. method (`"cohen"` or `"adaptive"`), with `first_look`, `target_radius`, `radius_tolerance`,
-        `estimate_tolerance` for "adaptive" (see `dmae_hf.smoothing.certify`). autocast_dtype (`None`, "bf16",
-        "fp16"): run the base classifier under `torch.autocast`.
+        probability (defaults: `dmae_hf.defaults`). batch_size (`int`, 1000): noisy samples per forward pass; unlike
+        other pipelines it is the Monte Carlo batch, images are certified one after the other. seed (`int`, 0): noise
+        seed, so results are reproducible. method (`"cohen"` or `"adaptive"`), with `first_look`, `target_radius`,
+        `radius_tolerance`, `estimate_tolerance` for "adaptive" (see `dmae_hf.smoothing.certify`). autocast_dtype
+        (`None`, "bf16", "fp16"): run the base classifier under `torch.autocast`. progress (`bool`, default: a tqdm
+        bar when n0 + n >= 10,000). resize (`bool`, True): False refuses images that the processor does not bring to
+        the model's input size instead of resizing them. max_pixels (`int`, `RandomizedSmoothingPipeline.max_pixels`
+        = 50,000,000): larger images are refused with a `ValueError` before their pixels are decoded (files: from
+        the header). errors (`"report"` or `"raise"`, for lists, datasets and generators; default "report"): an
+        image that cannot be used (unreadable, empty, too large, NaN, bad shape, ...) gives an entry with its
+        `"error"` message, `label`/`class_id` None, `radius` and `pA_lower` 0.0 (trivially valid), `abstained` True
+        and `resolution` None, and a logged warning, while the others are certified; "raise" stops at the first
+        one. A single image always raises a `ValueError`. Invalid arguments (n0 > n, alpha, ...) always raise.
 
     sigma is `model.config.smoothing_sigma`, the noise level the model was fine-tuned for; it cannot be overridden
     here (use `model.certify(..., sigma=...)` for other levels).
@@ -82,6 +123,7 @@ class RandomizedSmoothingPipeline(Pipeline):
     _load_feature_extractor = False
     _load_processor = False
     _load_video_processor = False
+    max_pixels = MAX_PIXELS
 
     def __init__(self, *args, batch_size=None, **kwargs):
         if batch_size is not None:
@@ -92,46 +134,132 @@ class RandomizedSmoothingPipeline(Pipeline):
                            "only rescales to [0, 1] (save a DMAEImageProcessor next to the model to resize or crop).")
             self.image_processor = DMAEImageProcessor.for_cifar10()
         self.model.eval()
+        self._resize_logged = False
 
     def __call__(self, inputs, **kwargs):
         """Certify one image (returns a dict) or a list of images (returns a list of dicts); see the class doc."""
         if "batch_size" in kwargs:
             kwargs["noise_batch_size"] = kwargs.pop("batch_size")
+        if isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
+            if inputs.shape[0] == 0:
+                raise ValueError(f"Empty batch of images (shape {tuple(inputs.shape)}): pass at least one image.")
+            inputs = list(inputs)
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            raise ValueError("No images given (an empty list): pass an image or a non-empty list of images.")
+        if not isinstance(inputs, (list, types.GeneratorType, torch.utils.data.Dataset)):
+            kwargs["errors"] = "raise"  # a single image: its problem is the caller's error
         return super().__call__(inputs, batch_size=1, **kwargs)
 
-    def _sanitize_parameters(self, noise_batch_size=None, autocast_dtype=None, sigma=None, **kwargs):
+    def _sanitize_parameters(self, noise_batch_size=None, autocast_dtype=None, sigma=None, max_pixels=None,
+                             resize=None, errors=None, **kwargs):
         if sigma is not None:
             raise ValueError("sigma comes from the model (config.smoothing_sigma, the noise level it was trained "
                              "for); use model.certify(pixel_values, sigma=...) to certify at another level.")
         unknown = sorted(set(kwargs) - set(CERTIFY_PARAMETERS))
         if unknown:
             raise ValueError(f"Unknown argument(s) {unknown} for certified-image-classification; expected "
-                             f"{', '.join(CERTIFY_PARAMETERS)}, batch_size or autocast_dtype.")
+                             f"{', '.join(CERTIFY_PARAMETERS)}, batch_size, autocast_dtype, resize, max_pixels or "
+                             "errors.")
+        preprocess_kwargs = {}
+        if max_pixels is not None:
+            if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+                raise ValueError(f"max_pixels must be a positive int (pixels per image), got {max_pixels!r}.")
+            preprocess_kwargs["max_pixels"] = max_pixels
+        if resize is not None:
+            if not isinstance(resize, bool):
+                raise ValueError(f"resize must be True or False, got {resize!r}.")
+            preprocess_kwargs["resize"] = resize
+        if errors is not None:
+            if errors not in ("raise", "report"):
+                raise ValueError(f"errors must be 'raise' or 'report', got {errors!r}.")
+            preprocess_kwargs["errors"] = errors
         forward_kwargs = {name: value for name, value in kwargs.items() if value is not None}
         if noise_batch_size is not None:
             forward_kwargs["batch_size"] = noise_batch_size
         if autocast_dtype is not None:
             forward_kwargs["autocast_dtype"] = parse_autocast_dtype(autocast_dtype)
-        return {}, forward_kwargs, {}
+        return preprocess_kwargs, forward_kwargs, {}
 
-    def preprocess(self, image):
-        """An image (or path) -> `{"pixel_values": (1, 3, H, W) float32 tensor in [0, 1]}`."""
+    def preprocess(self, image, max_pixels=None, resize=True, errors="report"):
+        """An image (or path) -> `{"pixel_values": (1, 3, S, S) float32 tensor in [0, 1]}`, S = config.image_size;
+        with errors="report", a `ValueError` becomes `{"error": message}`."""
+        try:
+            return {"pixel_values": self._pixel_values(image, self.max_pixels if max_pixels is None else max_pixels,
+                                                       resize)}
+        except ValueError as error:
+            if errors == "raise":
+                raise
+            logger.warning(f"certified-image-classification: image skipped: {error}")
+            return {"error": str(error)}
+
+    def _pixel_values(self, image, max_pixels, resize):
+        size = self.model.config.image_size
         if isinstance(image, (str, os.PathLike)):
-            image = load_image_file(image)
-        if isinstance(image, torch.Tensor) and image.ndim == 3 and image.is_floating_point():
-            pixel_values = image.detach().float().cpu().unsqueeze(0)
-        else:
-            pixel_values = self.image_processor(image, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values}
+            image = load_image_file(image, max_pixels)
+        if isinstance(image, torch.Tensor):
+            if image.ndim == 3 and image.is_floating_point():
+                return self._float_tensor(image, size)
+            image = image.detach().cpu().numpy()
+        if isinstance(image, np.ndarray):
+            array = channels_last(image)
+            if array.ndim in (2, 3):
+                check_image_size(array.shape[1], array.shape[0], max_pixels)
+        elif isinstance(image, Image.Image):  # the size is known before decoding
+            check_image_size(*image.size, max_pixels)
+        processor = self.image_processor
+        if not isinstance(processor, DMAEImageProcessor):
+            pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+            if tuple(pixel_values.shape[-2:]) != (size, size):
+                raise ValueError(f"The image processor gives {tuple(pixel_values.shape[-2:])} pixel values, not the "
+                                 f"model's ({size}, {size}) input: configure it to resize and crop to {size}.")
+            return pixel_values
+        image = processor.resize_and_crop(image)
+        if image.size != (size, size):
+            if not resize:
+                raise ValueError(f"The image is {image.size[0]}x{image.size[1]} after processing, not the model's "
+                                 f"{size}x{size} input, and resize=False: resize it first, or pass resize=True.")
+            if not self._resize_logged:
+                logger.warning(f"certified-image-classification: images are resized to the model's {size}x{size} "
+                               f"input (shortest edge, bicubic, center crop) before the noise, e.g. "
+                               f"{image.size[0]}x{image.size[1]}; radii are in [0, 1] pixel units at {size}x{size}.")
+                self._resize_logged = True
+            image = processor.fit(image, size)
+        return torch.from_numpy(processor.to_array(image)).unsqueeze(0)
 
-    def _forward(self, model_inputs, n0=100, n=10_000, alpha=0.001, batch_size=1000, seed=0, method="cohen",
-                 autocast_dtype=None, **method_kwargs):
-        certificate = self.model.certify(model_inputs["pixel_values"][0], n0=n0, n=n, alpha=alpha,
-                                         batch_size=batch_size, seed=seed, method=method,
-                                         autocast_dtype=autocast_dtype, **method_kwargs)
-        return {"certificate": certificate}
+    def _float_tensor(self, image, size):
+        """A float (C, H, W) tensor, certified as given: checked, not resized."""
+        if image.numel() == 0:
+            raise ValueError(f"Empty image tensor of shape {tuple(image.shape)}: an image needs at least one pixel.")
+        pixel_values = image.detach().float().cpu().unsqueeze(0)
+        check_pixel_values(pixel_values, num_channels=self.model.config.num_channels, clean=True)
+        lo, hi = pixel_values.min().item(), pixel_values.max().item()
+        if lo < 0 or hi > 1:
+            raise ValueError(f"Float image tensors must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}].")
+        if tuple(image.shape[-2:]) != (size, size):
+            raise ValueError(f"A float tensor is certified as given, so it must be the model's input size (3, {size}, "
+                             f"{size}), got {tuple(image.shape)}: resize it, or pass it as a PIL image or uint8 "
+                             "array, which the pipeline resizes.")
+        return pixel_values
+
+    def _forward(self, model_inputs, n0=N0, n=N, alpha=ALPHA, batch_size=NOISE_BATCH, seed=SEED, method="cohen",
+                 autocast_dtype=None, progress=None, **method_kwargs):
+        if "error" in model_inputs:  # reported, not certified (errors="report")
+            return {"error": model_inputs["error"], "n0": n0, "n": n, "alpha": alpha}
+        if progress is None:
+            progress = n0 + n >= PROGRESS_MIN_SAMPLES
+        pixel_values = model_inputs["pixel_values"][0]
+        certificate = self.model.certify(pixel_values, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
+                                         method=method, autocast_dtype=autocast_dtype, progress=progress,
+                                         **method_kwargs)
+        return {"certificate": certificate, "resolution": list(pixel_values.shape[-2:])}
 
     def postprocess(self, model_outputs):
+        if "error" in model_outputs:
+            return {"error": model_outputs["error"], "label": None, "class_id": None, "radius": 0.0, "pA_lower": 0.0,
+                    "abstained": True, "sigma": self.model.config.smoothing_sigma, "n0": model_outputs["n0"],
+                    "n": model_outputs["n"], "alpha": model_outputs["alpha"], "resolution": None}
         certificate = model_outputs["certificate"]
         class_id = certificate.prediction
         return {
@@ -144,7 +272,8 @@ class RandomizedSmoothingPipeline(Pipeline):
             "n0": certificate.n0,
             "n": certificate.n,
             "alpha": certificate.alpha,
+            "resolution": model_outputs["resolution"],
         }
 
 
-__all__ = ["RandomizedSmoothingPipeline", "parse_autocast_dtype", "load_image_file"]
+__all__ = ["RandomizedSmoothingPipeline", "check_image_size", "load_image_file", "parse_autocast_dtype"]

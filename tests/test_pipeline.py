@@ -12,7 +12,7 @@ from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcesso
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TASK = "certified-image-classification"
 SMALL = dict(n0=10, n=100, alpha=0.01, batch_size=64, seed=3)
-KEYS = {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha"}
+KEYS = {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha", "resolution"}
 
 
 def build_classifier(path, smoothing_sigma=0.25, with_processor=True):
