@@ -13,7 +13,6 @@ printed, and the exit status is then 1.
 import json
 import sys
 
-from ..defaults import ALPHA, N, N0, NOISE_BATCH, SEED
 from . import add_sampling_arguments
 
 
@@ -24,7 +23,6 @@ def register(subparsers):
                     "A bad image is reported on stderr, the others are printed, and the exit status is then 1.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     add_sampling_arguments(parser)
-    parser.set_defaults(n0=N0, n=N, alpha=ALPHA, batch=NOISE_BATCH, seed=SEED)  # the library's (and pipeline's)
     parser.add_argument("--device", default="cpu", help="torch device of the model")
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per certified image")
     parser.set_defaults(func=run)
