@@ -201,6 +201,51 @@ def test_packaged_checkpoint_is_used_when_present(monkeypatch, tmp_path):
     assert AutoImageProcessor.from_pretrained("dmae-tiny-cifar10").do_resize is False
 
 
+# ------------------------------------------------------------------------------------------------------ load report
+@pytest.fixture
+def transformers_log():
+    """What transformers logs (its loggers and the children, as DMAE's), captured into a non-TTY stream."""
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger("transformers")
+    root.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+
+
+def test_pretraining_checkpoint_into_classifier_logs_one_line(tmp_path, transformers_log):
+    from safetensors.torch import load_file, save_file
+
+    config = DMAEConfig.from_preset("tiny")
+    dmae_hf.DMAEForPreTraining(config).save_pretrained(tmp_path / "pre")
+    decoder = [k for k in load_file(tmp_path / "pre" / "model.safetensors") if k.startswith("decoder.")]
+    model = DMAEForSmoothedClassification.from_pretrained(tmp_path / "pre", num_labels=10)
+    lines = transformers_log.getvalue().splitlines()
+    assert lines == [f"DMAEForSmoothedClassification from {tmp_path / 'pre'}: dropped decoder + dmae.layernorm "
+                     f"({len(decoder) + 2} tensors), initialised classifier + fc_norm (4 tensors)"], lines
+    assert len(decoder) == 8 + 12 * config.decoder_num_hidden_layers  # embed, mask, pos, norm, pred + blocks
+    assert "\x1b[" not in transformers_log.getvalue()
+    assert model.classifier.weight.shape == (10, config.hidden_size)
+
+    # a fine-tuned classifier reloads silently; a key outside the expected sets still gets transformers' full report
+    model.save_pretrained(tmp_path / "cls")
+    transformers_log.truncate(0)
+    transformers_log.seek(0)
+    DMAEForSmoothedClassification.from_pretrained(tmp_path / "cls")
+    assert transformers_log.getvalue() == ""
+    weights = load_file(tmp_path / "cls" / "model.safetensors")
+    weights["dmae.stray.weight"] = torch.zeros(3)
+    save_file(weights, tmp_path / "cls" / "model.safetensors", metadata={"format": "pt"})
+    DMAEForSmoothedClassification.from_pretrained(tmp_path / "cls")
+    report = transformers_log.getvalue()
+    assert "LOAD REPORT" in report and re.search(r"dmae\.stray\.weight\s+\| UNEXPECTED", report), report
+
+
 # ------------------------------------------------------------------------------------------------------ model cards
 def test_committed_cards_are_the_generated_ones(tmp_path):
     generated = {p.name: p.read_text() for p in write_all_cards(tmp_path)}
