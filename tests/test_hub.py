@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -68,30 +67,12 @@ def test_unknown_short_names_list_the_known_ones(loader):
         loader("dmae-vit-huge")
 
 
-class _NoSleep:
-    """`time` for huggingface_hub's retry loop, without the waits (5 retries on a refused connection take 23 s)."""
-
-    sleep = staticmethod(lambda seconds: None)
-
-    def __getattr__(self, name):
-        return getattr(time, name)
-
-
 @pytest.fixture
 def hub_at(monkeypatch, tmp_path):
-    """`hub_at(endpoint, offline)`: point this process's Hub client at `endpoint` with an empty cache (in-process, so
-    the constants huggingface_hub reads at import time are patched, and the shared `HfApi` of transformers)."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import _http
-    from transformers.utils import hub
+    """`hub_at(endpoint, offline)`: this process's Hub client at `endpoint`, an empty cache, the default namespace."""
 
     def configure(endpoint="https://huggingface.co", offline=False):
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
-        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-        monkeypatch.setattr(hub.hf_api(), "endpoint", endpoint)
-        monkeypatch.setattr(_http, "time", _NoSleep())
+        hub_server.point_client_at(monkeypatch, endpoint, tmp_path / "cache", offline=offline)
         monkeypatch.delenv(hub_names.NAMESPACE_ENV, raising=False)
 
     return configure
