@@ -71,6 +71,10 @@ def test_dry_run_recognises_and_uploads_nothing(release, tmp_path, monkeypatch, 
         hub_server.point_client_at(monkeypatch, hub.endpoint, tmp_path / "cache")
         assert main(["publish", *map(str, release.values()), "--dry-run", "--work-dir", str(tmp_path / "out")]) == 0
         assert hub.requests == [] and not (tmp_path / "out").exists()
+        hub_server.point_client_at(monkeypatch, hub.endpoint, tmp_path / "cache", offline=True)
+        with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it"):
+            main(["publish", *map(str, release.values()), "--work-dir", str(tmp_path / "out")])
+        assert hub.requests == [] and not (tmp_path / "out").exists()  # refused before converting anything
     out = capsys.readouterr().out.splitlines()
     assert out == [f"would publish {release['pre']} as tester/dmae-vit-base (preset=vit-base)",
                    f"would publish {release['imagenet']} as tester/dmae-vit-base-sigma0.5 (preset=vit-base, "
