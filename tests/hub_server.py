@@ -1,7 +1,8 @@
 """A loopback fake of the Hugging Face Hub HTTP API, enough for `push_to_hub` and `from_pretrained` round trips.
 
 Stdlib only: a `ThreadingHTTPServer` on 127.0.0.1 (port chosen by the OS) with an in-memory store
-`{repo_id: Repo(files, sha, history)}`. Routes (the ones huggingface_hub 2.4 / transformers 5.23 call):
+`{repo_id: Repo(files, sha, history)}`. Routes (the ones huggingface_hub 2.4 / transformers 5.23-5.24 call;
+checked with huggingface_hub 2.4.0 and transformers 5.24.0):
 
     POST /api/repos/create                        -> 200 {"url"} or 409 if it exists
     POST /api/validate-yaml                       -> 200 {"errors": [], "warnings": []}
