@@ -10,7 +10,9 @@ function through which transformers fetches every file of a model repository (co
 remote code; `cached_file` delegates to it). The wrapper maps a known short name to its repository id (or packaged
 directory) and leaves everything else untouched: repo ids with a "/", existing local paths, and names that do not
 start with "dmae-". An unknown name that looks like a short name (`dmae-...`, no "/") raises a `ValueError` listing
-the known ones. The commit pinning of `from_pretrained` (`resolve_revision` of transformers' shared `HfApi` client) is
+the known ones. A known name whose repository cannot be fetched raises `ShortNameUnavailableError` (an `OSError` and a
+`ValueError`), which names the repository, the cause (offline mode, no such repository on the Hub, network) and the
+command that makes the weights from the official release. The commit pinning of `from_pretrained` (`resolve_revision` of transformers' shared `HfApi` client) is
 wrapped the same way, so no request ever goes out with a bare short name. Because both sit below `from_pretrained`,
 they serve every class at once: the DMAE classes, `AutoConfig`, `AutoModel*`, `AutoImageProcessor` and `pipeline(...)`.
 """
@@ -24,6 +26,11 @@ NAMESPACE_ENV = "DMAE_HF_NAMESPACE"
 DEFAULT_NAMESPACE = "dmae-hf"
 SHORT_NAME_PREFIX = "dmae-"
 PACKAGED_CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+# The official DMAE release (README of quanlin-wu/dmae): two pre-training checkpoints on OneDrive, no file names given.
+OFFICIAL_RELEASES = {
+    "vit-base": ("DMAE-Base", "427MB", "https://1drv.ms/u/s!AnxRCBR6qpJqiiyVY-qxN_AKNwhA?e=Xb6mlj"),
+    "vit-large": ("DMAE-Large", "1.23GB", "https://1drv.ms/u/s!AnxRCBR6qpJqii1fTOzAG3tBSDn6?e=PxxadF"),
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,82 @@ def unknown_name_message(name: str) -> str:
             "id ('namespace/name') or a local directory for other checkpoints.")
 
 
+class ShortNameUnavailableError(OSError, ValueError):
+    """A known short name whose Hub repository cannot be fetched (offline, missing repository, network). An `OSError`
+    like every transformers loading error, so that all loaders pass its message through unchanged."""
+
+
+def howto(name: str) -> str:
+    """How to obtain the weights of short name `name` without its Hub repository."""
+    entry = SHORT_NAMES[name]
+    if not entry.from_official:
+        return (f"{name} ships inside the package (dmae_hf/checkpoints/{name}); reinstall dmae-hf to restore it.")
+    if entry.kind == "pretraining":
+        title, size, url = OFFICIAL_RELEASES[entry.preset]
+        return (f"Make them from the official release: download {title} ({size}, {url}), then run "
+                f"`dmae convert <{title} .pth> {name}` and load the directory {name} (a local directory of that "
+                f"name takes precedence over the short name), or `dmae publish <{title} .pth>` to upload it to "
+                f"{namespace()}/{name}.")
+    base = "dmae-vit-large" if entry.preset == "vit-large" else "dmae-vit-base"
+    return (f"The DMAE authors released no fine-tuned classifiers, only the pre-training checkpoints: fine-tune "
+            f"{base} at sigma={entry.sigma} (dmae_hf.training), or take a classifier trained with the official code, "
+            f"then run `dmae convert <classifier .pth> {name} --sigma {entry.sigma}"
+            + (" --normalization cifar10" if entry.dataset == "cifar10" else "")
+            + f"` and load the directory {name}, or `dmae publish <classifier .pth>={name}` to upload it.")
+
+
+def _chain(error: BaseException):
+    seen = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+def unavailable_cause(error: BaseException, local_files_only: bool = False) -> str | None:
+    """Why a Hub fetch failed, from the exception chain of `transformers.utils.hub.cached_files`: "offline"
+    (`HF_HUB_OFFLINE` or `local_files_only`, file not cached), "missing" (404, no such repository), "network" (the
+    endpoint could not be reached), or None for anything else (a missing file in an existing repository, a gated
+    repository, a revision, permissions), which is left to transformers' own message."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled, \
+        RepositoryNotFoundError
+
+    chain = _chain(error)
+    if any(isinstance(e, GatedRepoError) for e in chain):
+        return None
+    if any(isinstance(e, RepositoryNotFoundError) for e in chain):
+        return "missing"
+    if any(isinstance(e, OfflineModeIsEnabled) for e in chain):
+        return "offline"
+    if any(isinstance(e, LocalEntryNotFoundError) for e in chain):
+        if constants.is_offline_mode() or local_files_only:
+            return "offline"
+        return "network"
+    return None
+
+
+def unavailable_message(name: str, target: str, cause: str, error: BaseException, local_files_only=False) -> str:
+    from huggingface_hub import constants
+
+    where = (f"{NAMESPACE_ENV}={os.environ[NAMESPACE_ENV]}" if os.environ.get(NAMESPACE_ENV)
+             else f"{NAMESPACE_ENV} unset, default namespace {DEFAULT_NAMESPACE!r}")
+    if cause == "offline":
+        why = ("offline mode is on (HF_HUB_OFFLINE=1), so the Hub was not contacted"
+               if constants.is_offline_mode() else "local_files_only=True, so the Hub was not contacted")
+        fix = "unset HF_HUB_OFFLINE (or drop local_files_only) to download it, if it is published"
+    elif cause == "missing":
+        why = f"the Hub at {constants.ENDPOINT} has no such repository (404, RepositoryNotFound)"
+        fix = "these weights are not published there yet"
+    else:
+        root = _chain(error)[-1]
+        why = (f"the Hub at {constants.ENDPOINT} could not be reached (network error: {type(root).__name__}: "
+               f"{str(root)[:120]})")
+        fix = "check the connection or HF_ENDPOINT"
+    return (f"Cannot load DMAE short name {name!r}: it resolves to the Hub repository {target!r} ({where}), which is "
+            f"not in the local cache, and {why}; {fix}. {howto(name)}")
+
+
 def resolve(name_or_path):
     """Map a short name to what transformers should load; return anything else unchanged.
 
@@ -128,6 +211,33 @@ def resolve(name_or_path):
     return str(local) if local is not None else repo_id(name_or_path)
 
 
+_RAISE_FLAGS = ("_raise_exceptions_for_missing_entries", "_raise_exceptions_for_connection_errors")
+
+
+def _fetch_short_name(original_files, name: str, target: str, args: tuple, kwargs: dict):
+    """`original_files(target, ...)`, with a `ShortNameUnavailableError` when the repository cannot be fetched.
+
+    Callers probing optional files (processor configs, ...) ask `cached_files` to return None instead of raising, which
+    would hide an unreachable repository behind a later, unrelated message. So the fetch always runs with both raise
+    flags on; an error whose cause is not "repository unreachable" (say, a missing optional file) repeats the call
+    with the caller's own flags, which then answers from the cache (or the "file does not exist" cache).
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    forced = {**kwargs, **{flag: True for flag in _RAISE_FLAGS}}
+    try:
+        return original_files(target, *args, **forced)
+    except OSError as error:
+        local_only = bool(kwargs.get("local_files_only"))
+        cause = unavailable_cause(error, local_only)
+        cached = try_to_load_from_cache(target, "config.json", cache_dir=kwargs.get("cache_dir"))
+        if cause is None or (cause != "missing" and isinstance(cached, str)):  # repo known here: a file is missing
+            if all(kwargs.get(flag, True) for flag in _RAISE_FLAGS):
+                raise
+            return original_files(target, *args, **kwargs)
+        raise ShortNameUnavailableError(unavailable_message(name, target, cause, error, local_only)) from error
+
+
 def install_short_name_hook() -> None:
     """Make every transformers loader resolve short names (idempotent).
 
@@ -142,7 +252,10 @@ def install_short_name_hook() -> None:
 
         @functools.wraps(original_files)
         def cached_files(path_or_repo_id, *args, **kwargs):
-            return original_files(resolve(path_or_repo_id), *args, **kwargs)
+            target = resolve(path_or_repo_id)
+            if target == path_or_repo_id or os.path.isdir(target):  # not a short name, or a packaged checkpoint
+                return original_files(target, *args, **kwargs)
+            return _fetch_short_name(original_files, path_or_repo_id, target, args, kwargs)
 
         cached_files._dmae_short_names = True
         hub.cached_files = cached_files
@@ -163,4 +276,4 @@ def install_short_name_hook() -> None:
 
 
 __all__ = ["SHORT_NAMES", "ReleasedModel", "namespace", "repo_id", "resolve", "packaged_path",
-           "install_short_name_hook", "UnknownShortNameError", "NAMESPACE_ENV", "DEFAULT_NAMESPACE"]
+           "install_short_name_hook", "UnknownShortNameError", "ShortNameUnavailableError", "OFFICIAL_RELEASES", "NAMESPACE_ENV", "DEFAULT_NAMESPACE"]

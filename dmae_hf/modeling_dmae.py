@@ -17,8 +17,12 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from .configuration_dmae import DMAEConfig
+
+# A child of transformers' logger: its verbosity, handler and format apply (`transformers.logging.set_verbosity_*`).
+logger = hf_logging.get_logger(f"transformers.{__name__}")
 
 
 # Clean images must look like [0, 1] pixels; anything beyond this margin is almost surely 0-255 or pre-normalised.
@@ -631,6 +635,19 @@ def consistency_loss(logits: torch.Tensor, num_copies: int) -> tuple[torch.Tenso
     return kl.mean(), entropy.mean()
 
 
+def load_summary(model_name: str, source, dropped, initialised) -> str:
+    """One line naming the modules (`decoder`, `dmae.layernorm`, `classifier`, `fc_norm`) whose tensors a load dropped
+    or initialised, with tensor counts."""
+
+    def modules(keys) -> str:
+        names = dict.fromkeys(".".join(k.split(".")[:2 if k.startswith("dmae.") else 1]) for k in sorted(keys))
+        return f"{' + '.join(names)} ({len(keys)} tensor{'s' * (len(keys) != 1)})"
+
+    parts = ([f"dropped {modules(dropped)}"] if dropped else []) + (
+        [f"initialised {modules(initialised)}"] if initialised else [])
+    return f"{model_name} from {source}: {', '.join(parts)}"
+
+
 class DMAEForSmoothedClassification(DMAEPreTrainedModel):
     """The base classifier f of a randomized-smoothing classifier g(x) = argmax_c P(f(x + N(0, sigma^2 I)) = c).
 
@@ -643,6 +660,12 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
 
     `predict` and `certify` run Cohen et al.'s PREDICT and CERTIFY with `sigma = config.smoothing_sigma`.
     """
+
+    # Loading a pre-training checkpoint (`DMAEForPreTraining`) drops its decoder (and, with mean pooling, its final
+    # norm) and initialises the head: expected, so kept out of transformers' load report and summarised in one line by
+    # `from_pretrained`. Any other unexpected, missing or mis-shaped key is still reported in full.
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^dmae\.layernorm\."]
+    _keys_to_ignore_on_load_missing = [r"^classifier\.", r"^fc_norm\."]
 
     def __init__(self, config: DMAEConfig):
         super().__init__(config)
@@ -657,6 +680,25 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
 
     def get_input_embeddings(self) -> DMAEPatchEmbeddings:
         return self.dmae.embeddings.patch_embeddings
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """transformers' filtering by `_keys_to_ignore_on_load_*`, remembering what it filtered for `from_pretrained`."""
+        unexpected, missing = set(loading_info.unexpected_keys), set(loading_info.missing_keys)
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        self._expected_load_changes = (unexpected - set(loading_info.unexpected_keys),
+                                       missing - set(loading_info.missing_keys))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus one warning line when expected keys were dropped or initialised:
+        `DMAEForSmoothedClassification from <path>: dropped decoder + dmae.layernorm (N tensors), initialised
+        classifier + fc_norm (4 tensors)`."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        dropped, initialised = model.__dict__.pop("_expected_load_changes", ((), ()))
+        if dropped or initialised:
+            logger.warning(load_summary(type(model).__name__, pretrained_model_name_or_path, dropped, initialised))
+        return loaded
 
     def _logits(self, pixel_values: torch.Tensor, interpolate_pos_encoding=False, **kwargs):
         outputs = self.dmae(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs)

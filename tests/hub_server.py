@@ -1,7 +1,8 @@
 """A loopback fake of the Hugging Face Hub HTTP API, enough for `push_to_hub` and `from_pretrained` round trips.
 
 Stdlib only: a `ThreadingHTTPServer` on 127.0.0.1 (port chosen by the OS) with an in-memory store
-`{repo_id: Repo(files, sha, history)}`. Routes (the ones huggingface_hub 2.4 / transformers 5.23 call):
+`{repo_id: Repo(files, sha, history)}`. Routes (the ones huggingface_hub 2.4 / transformers 5.23-5.24 call;
+checked with huggingface_hub 2.4.0 and transformers 5.24.0):
 
     POST /api/repos/create                        -> 200 {"url"} or 409 if it exists
     POST /api/validate-yaml                       -> 200 {"errors": [], "warnings": []}
@@ -14,6 +15,8 @@ Stdlib only: a `ThreadingHTTPServer` on 127.0.0.1 (port chosen by the OS) with a
     GET  /api/whoami-v2                           -> a fixed user
 
 Use as a context manager: `with FakeHub() as hub: hub.endpoint ...`; `hub.requests` logs (method, path).
+`point_client_at(monkeypatch, endpoint, cache_dir)` points this process's Hub client (huggingface_hub reads its
+settings at import time) at it, for in-process tests; subprocesses take `HF_ENDPOINT` etc. in their environment.
 """
 
 import base64
@@ -21,6 +24,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
@@ -77,6 +81,33 @@ class FakeHub:
         if repo is not None and revision not in ("main", repo.sha):
             return None
         return repo
+
+
+class _NoSleep:
+    """`time` for huggingface_hub's retry loop, without the waits (5 retries on a refused connection take 23 s)."""
+
+    sleep = staticmethod(lambda seconds: None)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def point_client_at(monkeypatch, endpoint: str, cache_dir, offline: bool = False, token: str | None = "x") -> None:
+    """Point huggingface_hub (constants read at import time, and transformers' shared `HfApi`) at `endpoint`, with
+    cache `cache_dir`, offline mode `offline`, a write token, no Xet and no waits between retries."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+    from transformers.utils import hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(hub.hf_api(), "endpoint", endpoint)
+    monkeypatch.setattr(_http, "time", _NoSleep())
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
 
 
 def _handler_for(hub: FakeHub):

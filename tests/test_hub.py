@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import textwrap
 import pyarrow.parquet as pq
 import pytest
 import torch
+import transformers
 import yaml
 from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
@@ -19,6 +21,7 @@ from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcesso
 from dmae_hf.model_card import default_config, render_model_card, write_all_cards
 
 from conftest import REPO_ROOT
+import hub_server
 from hub_server import FakeHub
 from test_convert import official_checkpoint
 
@@ -64,6 +67,105 @@ def test_unknown_short_names_list_the_known_ones(loader):
         loader("dmae-vit-huge")
 
 
+@pytest.fixture
+def hub_at(monkeypatch, tmp_path):
+    """`hub_at(endpoint, offline)`: this process's Hub client at `endpoint`, an empty cache, the default namespace."""
+
+    def configure(endpoint="https://huggingface.co", offline=False):
+        hub_server.point_client_at(monkeypatch, endpoint, tmp_path / "cache", offline=offline)
+        monkeypatch.delenv(hub_names.NAMESPACE_ENV, raising=False)
+
+    return configure
+
+
+LOADERS = [lambda n: dmae_hf.DMAEForPreTraining.from_pretrained(n), lambda n: AutoConfig.from_pretrained(n),
+           lambda n: AutoModel.from_pretrained(n), lambda n: AutoModelForImageClassification.from_pretrained(n),
+           lambda n: AutoImageProcessor.from_pretrained(n),
+           lambda n: pipeline("certified-image-classification", model=n)]
+LOADER_IDS = ["DMAEForPreTraining", "AutoConfig", "AutoModel", "AutoModelForImageClassification",
+              "AutoImageProcessor", "pipeline"]
+
+
+def _unavailable(loader, name) -> str:
+    with pytest.raises(hub_names.ShortNameUnavailableError) as info:
+        loader(name)
+    assert isinstance(info.value, OSError) and isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert f"Cannot load DMAE short name {name!r}: it resolves to the Hub repository 'dmae-hf/{name}'" in message
+    return message
+
+
+@pytest.mark.parametrize("loader", LOADERS, ids=LOADER_IDS)
+def test_offline_short_name_names_repo_cause_and_fix(hub_at, loader):
+    hub_at(offline=True)
+    message = _unavailable(loader, "dmae-vit-large")
+    assert "offline mode is on (HF_HUB_OFFLINE=1)" in message
+    assert "download DMAE-Large (1.23GB, https://1drv.ms/" in message
+    assert "`dmae convert <DMAE-Large .pth> dmae-vit-large`" in message and "`dmae publish <DMAE-Large .pth>`" in message
+    assert "couldn't connect" not in message
+
+
+@pytest.mark.parametrize("loader", LOADERS, ids=LOADER_IDS)
+def test_missing_repository_on_the_hub(hub_at, loader):
+    with FakeHub() as hub:
+        hub_at(hub.endpoint)
+        message = _unavailable(loader, CLASSIFIER)
+    assert f"the Hub at {hub.endpoint} has no such repository (404, RepositoryNotFound)" in message
+    assert "not published there yet" in message
+    assert f"`dmae convert <classifier .pth> {CLASSIFIER} --sigma 0.25`" in message  # classifiers: not released
+    assert any(path.startswith(f"/api/models/dmae-hf/{CLASSIFIER}") or f"/dmae-hf/{CLASSIFIER}/" in path
+               for _, path in hub.requests)
+
+
+def test_unreachable_endpoint(hub_at):
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    hub_at(endpoint)
+    for loader in (LOADERS[0], LOADERS[4]):  # a required file, and the optional files an image processor probes
+        message = _unavailable(loader, "dmae-vit-base")
+        assert f"the Hub at {endpoint} could not be reached (network error: ConnectionRefusedError" in message
+        assert "download DMAE-Base (427MB" in message
+
+
+def test_a_missing_optional_file_is_not_an_unreachable_repository(hub_at, tmp_path):
+    """A published repository without processor_config.json: the probe still returns None and the load works."""
+    config = DMAEConfig.from_preset("tiny", num_labels=10, smoothing_sigma=0.25)
+    DMAEImageProcessor.for_cifar10().save_pretrained(tmp_path / "ckpt")
+    config.save_pretrained(tmp_path / "ckpt")
+    with FakeHub() as hub:
+        hub_at(hub.endpoint)
+        hub.repos[f"dmae-hf/{CLASSIFIER}"] = hub_server.Repo()
+        hub.commit(f"dmae-hf/{CLASSIFIER}", {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()})
+        assert AutoImageProcessor.from_pretrained(CLASSIFIER).do_resize is False
+        assert AutoConfig.from_pretrained(CLASSIFIER).smoothing_sigma == 0.25
+
+
+def test_wrapped_transformers_function_is_still_what_the_hook_expects(tmp_path):
+    """Issue 14: the short-name hook wraps `transformers.utils.hub.cached_files` and relies on its signature and on
+    the exceptions it chains. If this fails, transformers changed that function: update `dmae_hf/hub_names.py`."""
+    import inspect
+
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from transformers.utils import hub
+
+    hint = f"transformers {transformers.__version__} changed utils.hub.cached_files; update dmae_hf/hub_names.py"
+    assert getattr(hub.cached_files, "_dmae_short_names", False), "the hook is not installed: " + hint
+    original = hub.cached_files.__wrapped__
+    params = inspect.signature(original).parameters
+    assert list(params)[:2] == ["path_or_repo_id", "filenames"], hint
+    for name in (*hub_names._RAISE_FLAGS, "local_files_only", "cache_dir"):
+        assert name in params and params[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, f"{name}: {hint}"
+    # every file fetch goes through the module attribute (cached_file looks it up at call time)
+    assert "cached_files(" in inspect.getsource(hub.cached_file), hint
+    # offline, an uncached repository raises an OSError chained to LocalEntryNotFoundError (the "offline" cause)
+    with pytest.raises(OSError) as info:
+        original("dmae-hf/never-published", ["config.json"], local_files_only=True, cache_dir=str(tmp_path),
+                 _raise_exceptions_for_missing_entries=True, _raise_exceptions_for_connection_errors=True)
+    assert isinstance(info.value.__cause__, LocalEntryNotFoundError), hint
+    assert hub_names.unavailable_cause(info.value, local_files_only=True) == "offline"
+
+
 def test_packaged_checkpoint_is_used_when_present(monkeypatch, tmp_path):
     """`dmae-tiny-cifar10` loads from dmae_hf/checkpoints/ (here redirected to a temporary copy) with no Hub."""
     config = DMAEConfig.from_preset("tiny", num_labels=10, smoothing_sigma=0.25)
@@ -78,6 +180,51 @@ def test_packaged_checkpoint_is_used_when_present(monkeypatch, tmp_path):
     assert isinstance(loaded, DMAEForSmoothedClassification)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     assert AutoImageProcessor.from_pretrained("dmae-tiny-cifar10").do_resize is False
+
+
+# ------------------------------------------------------------------------------------------------------ load report
+@pytest.fixture
+def transformers_log():
+    """What transformers logs (its loggers and the children, as DMAE's), captured into a non-TTY stream."""
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger("transformers")
+    root.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+
+
+def test_pretraining_checkpoint_into_classifier_logs_one_line(tmp_path, transformers_log):
+    from safetensors.torch import load_file, save_file
+
+    config = DMAEConfig.from_preset("tiny")
+    dmae_hf.DMAEForPreTraining(config).save_pretrained(tmp_path / "pre")
+    decoder = [k for k in load_file(tmp_path / "pre" / "model.safetensors") if k.startswith("decoder.")]
+    model = DMAEForSmoothedClassification.from_pretrained(tmp_path / "pre", num_labels=10)
+    lines = transformers_log.getvalue().splitlines()
+    assert lines == [f"DMAEForSmoothedClassification from {tmp_path / 'pre'}: dropped decoder + dmae.layernorm "
+                     f"({len(decoder) + 2} tensors), initialised classifier + fc_norm (4 tensors)"], lines
+    assert len(decoder) == 8 + 12 * config.decoder_num_hidden_layers  # embed, mask, pos, norm, pred + blocks
+    assert "\x1b[" not in transformers_log.getvalue()
+    assert model.classifier.weight.shape == (10, config.hidden_size)
+
+    # a fine-tuned classifier reloads silently; a key outside the expected sets still gets transformers' full report
+    model.save_pretrained(tmp_path / "cls")
+    transformers_log.truncate(0)
+    transformers_log.seek(0)
+    DMAEForSmoothedClassification.from_pretrained(tmp_path / "cls")
+    assert transformers_log.getvalue() == ""
+    weights = load_file(tmp_path / "cls" / "model.safetensors")
+    weights["dmae.stray.weight"] = torch.zeros(3)
+    save_file(weights, tmp_path / "cls" / "model.safetensors", metadata={"format": "pt"})
+    DMAEForSmoothedClassification.from_pretrained(tmp_path / "cls")
+    report = transformers_log.getvalue()
+    assert "LOAD REPORT" in report and re.search(r"dmae\.stray\.weight\s+\| UNEXPECTED", report), report
 
 
 # ------------------------------------------------------------------------------------------------------ model cards
