@@ -391,13 +391,22 @@ class Checkpoints:
                              f"{acc.num_processes}; resume with the same number of processes.")
         from safetensors.torch import load_model
 
-        load_model(acc.unwrap_model(self.model), os.path.join(path, "model.safetensors"), strict=True,
-                   device=str(acc.device))
-        opt = load_tree(os.path.join(path, "optimizer"))
-        self.optimizer.load_state_dict(opt["optimizer"])
+        def read(name, load):
+            try:
+                return load()
+            except Exception as err:  # safetensors, JSON and shape errors alike: a damaged or forged file
+                raise ValueError(f"{name} of checkpoint {path!r} is not valid ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''}); it was not unpickled. Resume "
+                                 f"from another checkpoint-<step> folder.") from err
+
+        rng = f"rng_{acc.process_index}"
+        read("model.safetensors", lambda: load_model(acc.unwrap_model(self.model), os.path.join(
+            path, "model.safetensors"), strict=True, device=str(acc.device)))
+        opt = read("optimizer.json/optimizer.safetensors", lambda: load_tree(os.path.join(path, "optimizer")))
+        read("optimizer.json/optimizer.safetensors", lambda: self.optimizer.load_state_dict(opt["optimizer"]))
         if acc.scaler is not None and opt["scaler"] is not None:
             acc.scaler.load_state_dict(opt["scaler"])
-        set_rng_states(load_tree(os.path.join(path, f"rng_{acc.process_index}")))
+        read(f"{rng}.json/{rng}.safetensors", lambda: set_rng_states(load_tree(os.path.join(path, rng))))
         self.state.load_state_dict(meta["train_state"])
         acc.step = int(meta.get("accelerator_step", 0))
         return path
