@@ -610,7 +610,7 @@ def add_common_args(parser, stage: str) -> None:
                    help="resume from a checkpoint folder, or (no value) from the newest complete one in "
                         "OUTPUT_DIR/checkpoints (a fresh start when there is none)")
     g.add_argument("--save-every", type=int, default=1000,
-                   help="optimizer steps between checkpoints (one is also written at the end)")
+                   help="optimizer steps between checkpoints (0: only the one written at the end)")
     g.add_argument("--keep-checkpoints", type=int, default=2, help="newest complete checkpoints kept (0: all)")
     g.add_argument("--log-every", type=int, default=20, help="optimizer steps between metrics.jsonl records")
     g.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload final/ to this Hub model repo")
