@@ -401,7 +401,7 @@ class Checkpoints:
 
         rng = f"rng_{acc.process_index}"
         read("model.safetensors", lambda: load_model(acc.unwrap_model(self.model), os.path.join(
-            path, "model.safetensors"), strict=True, device=str(acc.device)))
+            path, "model.safetensors"), strict=True))  # read to CPU, copied into the parameters in place
         opt = read("optimizer.json/optimizer.safetensors", lambda: load_tree(os.path.join(path, "optimizer")))
         read("optimizer.json/optimizer.safetensors", lambda: self.optimizer.load_state_dict(opt["optimizer"]))
         if acc.scaler is not None and opt["scaler"] is not None:

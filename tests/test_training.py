@@ -242,6 +242,23 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, data
     assert sorted(os.listdir(resumed / "checkpoints")) == ["checkpoint-12", "checkpoint-6"]
 
 
+@pytest.mark.timeout(150)
+def test_two_process_resume_gives_the_same_parameters(tmp_path, data_dir):
+    """DDP on two CPU processes: each rank restores its own RNG states from its `rng_<rank>` files."""
+    common = TINY + ["--dataset", data_dir / "cifar10", "--max-train-examples", 64, "--batch-size", 8,
+                     "--max-steps", 6, "--warmup-steps", 2, "--lr", 1e-3, "--log-every", 1, "--save-every", 3]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_script("pretrain.py", common + ["--output-dir", straight], processes=2)
+    import shutil
+
+    shutil.copytree(straight / "checkpoints" / "checkpoint-3", resumed / "checkpoints" / "checkpoint-3")
+    assert {"rng_0.safetensors", "rng_1.safetensors"} <= set(os.listdir(resumed / "checkpoints" / "checkpoint-3"))
+    run_script("pretrain.py", common + ["--output-dir", resumed, "--resume"], processes=2)
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), (key, (a[key] - b[key]).abs().max())
+
+
 # ------------------------------------------------------------------------------------------------------ bad input
 
 def load_example(name: str):
