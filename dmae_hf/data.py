@@ -50,19 +50,20 @@ def load_image_stream(path: str, split: str = "train", image_column: str | None 
     """`load_dataset(path, split=split, streaming=True)` with clear errors, columns renamed to `image`/`label`
     (webdataset `jpg`/`cls` included) and the image column left encoded (`Image(decode=False)`).
 
-    Raises `ValueError` (before any training) for a missing local path, an unknown split (lists the available
+    Raises `ValueError` (before any training) for a dataset that is neither a local folder nor a reachable Hub id
+    (`dataset_not_found`: the fix, offline mode and gated datasets named), an unknown split (lists the available
     ones) or an unknown image/label column (lists the columns). `label_column=None` keeps images only.
     """
     import datasets
 
     path = str(path)
     if (path.startswith((".", "/", "~")) or os.sep + os.sep in path) and not os.path.exists(os.path.expanduser(path)):
-        raise ValueError(f"Dataset path {path!r} does not exist.")
+        raise ValueError(dataset_not_found(path, "no such local folder"))
     path = os.path.expanduser(path)
     try:
         builder = datasets.load_dataset_builder(path, token=token)
-    except FileNotFoundError as err:
-        raise ValueError(f"Dataset {path!r} not found ({err}).") from err
+    except (FileNotFoundError, ConnectionError) as err:  # DatasetNotFoundError is a FileNotFoundError
+        raise ValueError(dataset_not_found(path, str(err).split("\n")[0])) from err
     splits = sorted((builder.info.splits or {}).keys()) or sorted(getattr(builder.config, "data_files", None) or {})
     if splits and split not in splits:
         raise ValueError(f"Unknown split {split!r} for dataset {path!r}; available splits: {splits}.")
@@ -97,6 +98,28 @@ def load_image_stream(path: str, split: str = "train", image_column: str | None 
     if isinstance(ds.features["image"], datasets.Image):
         ds = ds.cast_column("image", datasets.Image(decode=False))
     return ds
+
+
+def dataset_not_found(path: str, reason: str) -> str:
+    """The message for a `--dataset` that is neither a local folder nor a reachable Hub dataset: why, and how to
+    fix it (offline mode and gated datasets named)."""
+    local = os.path.isdir(os.path.expanduser(path))
+    message = (f"Dataset {path!r} is neither a local dataset folder nor a reachable Hub dataset id ({reason}). "
+               f"Pass a Hub id such as uoft-cs/cifar10 or ILSVRC/imagenet-1k, or a local copy in the Hub layout "
+               f"(e.g. $DMAE_DATA_DIR/cifar10): a folder with data/{{split}}-*.parquet (the layout push_to_hub "
+               f"writes) or a DatasetDict written by save_to_disk.")
+    if local:
+        message = (f"Dataset folder {path!r} holds no dataset in the Hub layout ({reason}); it needs "
+                   f"data/{{split}}-*.parquet files (the layout push_to_hub writes) or a DatasetDict written by "
+                   f"save_to_disk, or pass a Hub id such as uoft-cs/cifar10.")
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE and not local:
+        message += " Offline mode is on (HF_HUB_OFFLINE=1): the Hub is not asked; unset it or use a local copy."
+    if "gated" in reason:
+        message += (" The dataset is gated: request access on its Hub page, then pass --token or set HF_TOKEN "
+                    "(or run `hf auth login`).")
+    return message
 
 
 def num_classes_of(ds) -> int | None:
@@ -276,6 +299,7 @@ def validate_stream(ds, decoder: ImageDecoder, num_examples: int = 64) -> int:
 
 __all__ = [
     "load_image_stream",
+    "dataset_not_found",
     "hold_out",
     "first_examples",
     "UniformBatches",

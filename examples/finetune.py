@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
-"""Fine-tune a pre-trained DMAE encoder into the base classifier of a randomized-smoothing classifier (defaults:
+r"""Fine-tune a pre-trained DMAE encoder into the base classifier of a randomized-smoothing classifier (defaults:
 the paper's ImageNet ViT-B recipe), or train one from scratch (`--from-scratch`, Cohen et al.'s Gaussian data
 augmentation baseline when combined with `--consistency-lambda 0 --consistency-eta 0 --num-noise-samples 1`).
 
@@ -10,12 +10,16 @@ Loss (computed by `DMAEForSmoothedClassification` in training mode): m noisy cop
 clean and noisy accuracy on a validation set held out from the training split; at the end a quick CERTIFY on that
 set (small n) when `dmae_hf.smoothing` provides it.
 
-    # CIFAR-10, tiny model, CPU
-    python examples/finetune.py --model runs/pt/final --dataset /work/shared/data/cifar10 --image-column img \
+    # CIFAR-10, tiny model, CPU (uoft-cs/cifar10 from the Hub, or a local Hub-layout copy:
+    # --dataset $DMAE_DATA_DIR/cifar10 or ../shared/data/cifar10)
+    python examples/finetune.py --model runs/pt/final --dataset uoft-cs/cifar10 --image-column img \
         --batch-size 64 --grad-accum 1 --epochs 1 --val-size 500 --num-workers 1 --output-dir runs/ft
     # paper CIFAR-10 recipe from a ViT-B DMAE checkpoint
-    python examples/finetune.py --model DMAE_B --dataset cifar10 --image-size 224 --batch-size 64 --grad-accum 4 \
+    python examples/finetune.py --model dmae-vit-base --dataset uoft-cs/cifar10 --image-size 224 --batch-size 64 --grad-accum 4 \
         --epochs 50 --blr 5e-4 --layer-decay 0.65 --drop-path 0.1 --label-smoothing 0.1 --sigma 0.25
+
+Checkpoints (`--save-every`, `--keep-checkpoints`) are written atomically without pickle; `--resume` continues
+from the newest complete one. Bad input ends with one line `error: ...` and exit status 2 (`--debug`: traceback).
 """
 
 import argparse
@@ -29,11 +33,13 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a source checkout
 
-from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcessor  # noqa: E402
+from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcessor, defaults  # noqa: E402
 from dmae_hf.augment import DeviceAugment, MixupCutmix, to_float  # noqa: E402
 from dmae_hf.modeling_dmae import add_gaussian_noise  # noqa: E402
 from dmae_hf.training import (  # noqa: E402
+    Checkpoints,
     DataSetup,
+    HelpFormatter,
     JsonlLogger,
     TrainState,
     add_common_args,
@@ -42,46 +48,51 @@ from dmae_hf.training import (  # noqa: E402
     model_overrides,
     param_groups_layer_decay,
     push_folder_to_hub,
-    resume_from,
     rng_neutral,
+    run_main,
     schedule_lengths,
     set_epoch,
     set_lr,
 )
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(parser, "finetune")
     g = parser.add_argument_group("smoothed classifier")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="pre-trained DMAE directory or Hub id (DMAEForPreTraining or classifier)")
     src.add_argument("--from-scratch", action="store_true", help="random init from --preset (Cohen's baseline)")
-    g.add_argument("--num-labels", type=int, default=None, help="default: the ClassLabel's number of classes")
+    g.add_argument("--num-labels", type=int, default=None, help="classes (None: the ClassLabel's number)")
     g.add_argument("--sigma", type=float, default=0.25, help="smoothing noise std in [0,1] pixels")
-    g.add_argument("--consistency-lambda", type=float, default=2.0)
-    g.add_argument("--consistency-eta", type=float, default=0.5)
+    g.add_argument("--consistency-lambda", type=float, default=2.0, help="weight of the KL consistency term")
+    g.add_argument("--consistency-eta", type=float, default=0.5, help="weight of the entropy term")
     g.add_argument("--num-noise-samples", type=int, default=2, help="noisy copies per image (m)")
-    g.add_argument("--label-smoothing", type=float, default=0.1)
-    g.add_argument("--layer-decay", type=float, default=0.65)
-    g.add_argument("--drop-path", type=float, default=0.1)
-    g.add_argument("--pooling", choices=["mean", "cls"], default=None)
+    g.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
+    g.add_argument("--layer-decay", type=float, default=0.65, help="layer-wise lr decay")
+    g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
+    g.add_argument("--pooling", choices=["mean", "cls"], default=None, help="None: the checkpoint's or preset's")
     g = parser.add_argument_group("augmentation")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (paper ImageNet: 0.8)")
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (paper ImageNet: 1.0)")
-    g.add_argument("--mixup-prob", type=float, default=1.0)
-    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5, help="probability of cutmix instead of mixup")
     g.add_argument("--randaug", type=int, default=0, help="RandAugment ops per image (paper ImageNet: 2, m9)")
-    g.add_argument("--randaug-m", type=int, default=9)
+    g.add_argument("--randaug-m", type=int, default=9, help="RandAugment magnitude")
     g.add_argument("--reprob", type=float, default=0.0, help="random erasing probability")
     g = parser.add_argument_group("evaluation")
     g.add_argument("--eval-every", type=int, default=1, help="epochs between validations (0: only at the end)")
     g.add_argument("--certify-examples", type=int, default=100, help="validation images certified at the end")
-    g.add_argument("--certify-n0", type=int, default=100)
-    g.add_argument("--certify-n", type=int, default=1000)
-    g.add_argument("--certify-alpha", type=float, default=0.001)
-    g.add_argument("--certify-batch", type=int, default=500)
-    return parser.parse_args(argv)
+    g.add_argument("--certify-n0", type=int, default=defaults.N0, help="CERTIFY selection samples")
+    g.add_argument("--certify-n", type=int, default=defaults.DEMO_N,
+                   help="CERTIFY estimation samples (a quick check; the paper's tables use 100000)")
+    g.add_argument("--certify-alpha", type=float, default=defaults.ALPHA, help="CERTIFY failure probability")
+    g.add_argument("--certify-batch", type=int, default=defaults.NOISE_BATCH, help="noisy samples per forward pass")
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def build_model(args, num_labels: int, class_names) -> DMAEForSmoothedClassification:
@@ -213,9 +224,9 @@ def main(argv=None) -> int:
     if val_dl is not None:
         val_dl = accelerator.prepare(val_dl)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    resumed = resume_from(accelerator, args.output_dir, args.resume) if args.resume else None
-    logger = JsonlLogger(args.output_dir, accelerator.is_main_process,
+    checkpoints = Checkpoints(accelerator, args.output_dir, model, optimizer, state, keep=args.keep_checkpoints)
+    resumed = checkpoints.resume(args.resume)
+    logger = JsonlLogger(args.output_dir, accelerator.is_main_process, resumed=state if resumed else None,
                          config=dict(vars(args), total_steps=total_steps, warmup_steps=warmup_steps, lr=lr,
                                      num_processes=accelerator.num_processes, model=config.to_dict()))
     accelerator.print(f"DMAE fine-tuning: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
@@ -255,8 +266,8 @@ def main(argv=None) -> int:
                 logger.log({"loss": running / count, "lr": lr_now, "epoch": state.epoch}, state.step)
                 progress.set_postfix(loss=f"{running / count:.4f}")
                 running, count = 0.0, 0
-            if state.step % args.save_every == 0 or state.step == total_steps:
-                accelerator.save_state()
+            if (args.save_every and state.step % args.save_every == 0) or state.step == total_steps:
+                checkpoints.save(logger)
             if state.step >= total_steps:
                 break
         else:
@@ -306,4 +317,4 @@ def _image_size(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

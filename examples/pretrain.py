@@ -1,18 +1,22 @@
 #!/usr/bin/env python
 # Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
-"""DMAE pre-training with Accelerate (defaults: the paper's ViT-B recipe).
+r"""DMAE pre-training with Accelerate (defaults: the paper's ViT-B recipe).
 
 Every image gets Gaussian noise N(0, sigma^2) in [0,1] pixel space (added by the model), 75% of the patches are
 masked, and the decoder reconstructs the clean image; the loss averages over all patches (`--mae`: sigma 0 and
 masked patches only, the MAE baseline). AdamW(0.9, 0.95), weight decay 0.05 except on 1-D parameters and biases,
 lr = blr * effective batch / 256 with per-step linear warmup and half-cosine decay.
 
-    # CPU smoke run on CIFAR-10 with the tiny model
-    python examples/pretrain.py --preset tiny --dataset /work/shared/data/cifar10 --image-column img \
+    # CPU smoke run on CIFAR-10 with the tiny model (uoft-cs/cifar10 from the Hub, or a local Hub-layout copy:
+    # --dataset $DMAE_DATA_DIR/cifar10 or ../shared/data/cifar10)
+    python examples/pretrain.py --preset tiny --dataset uoft-cs/cifar10 --image-column img \
         --batch-size 64 --grad-accum 1 --max-steps 200 --warmup-steps 20 --num-workers 1 --output-dir runs/pt
     # paper ViT-B on ImageNet, 8 GPUs
     accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/pretrain.py \
         --dataset ILSVRC/imagenet-1k --output-dir runs/dmae-b
+
+Checkpoints (`--save-every`, `--keep-checkpoints`) are written atomically without pickle; `--resume` continues
+from the newest complete one. Bad input ends with one line `error: ...` and exit status 2 (`--debug`: traceback).
 """
 
 import argparse
@@ -27,7 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEImageProcessor  # noqa: E402
 from dmae_hf.augment import DeviceAugment  # noqa: E402
 from dmae_hf.training import (  # noqa: E402
+    Checkpoints,
     DataSetup,
+    HelpFormatter,
     JsonlLogger,
     TrainState,
     add_common_args,
@@ -36,8 +42,8 @@ from dmae_hf.training import (  # noqa: E402
     model_overrides,
     param_groups_weight_decay,
     push_folder_to_hub,
-    resume_from,
     rng_neutral,
+    run_main,
     save_reconstruction,
     schedule_lengths,
     set_epoch,
@@ -45,17 +51,22 @@ from dmae_hf.training import (  # noqa: E402
 )
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(parser, "pretrain")
     g = parser.add_argument_group("DMAE")
     g.add_argument("--sigma", type=float, default=0.25, help="pre-training noise std in [0,1] pixels")
-    g.add_argument("--mask-ratio", type=float, default=0.75)
+    g.add_argument("--mask-ratio", type=float, default=0.75, help="fraction of patches masked")
     g.add_argument("--mae", action="store_true", help="MAE baseline: no noise, loss on masked patches only")
-    g.add_argument("--no-norm-pix-loss", action="store_true")
+    g.add_argument("--no-norm-pix-loss", action="store_true", help="regress raw pixels, not per-patch normalised")
     g.add_argument("--init-from", default=None, help="start from these pre-trained weights (continued pre-training)")
-    g.add_argument("--recon-every", type=int, default=500, help="optimizer steps between reconstruction PNGs")
-    args = parser.parse_args(argv)
+    g.add_argument("--recon-every", type=int, default=500,
+                   help="optimizer steps between reconstruction PNGs (0: none)")
+    return parser
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
     args.label_column = None
     return args
 
@@ -85,10 +96,10 @@ def main(argv=None) -> int:
     train_dl = data.loader(data.train, args.batch_size, args.num_workers)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    resumed = resume_from(accelerator, args.output_dir, args.resume) if args.resume else None
+    checkpoints = Checkpoints(accelerator, args.output_dir, model, optimizer, state, keep=args.keep_checkpoints)
+    resumed = checkpoints.resume(args.resume)
 
-    logger = JsonlLogger(args.output_dir, accelerator.is_main_process,
+    logger = JsonlLogger(args.output_dir, accelerator.is_main_process, resumed=state if resumed else None,
                          config=dict(vars(args), total_steps=total_steps, warmup_steps=warmup_steps, lr=lr,
                                      num_processes=accelerator.num_processes, model=config.to_dict()))
     recon_batch = None
@@ -133,8 +144,8 @@ def main(argv=None) -> int:
             if recon_batch is not None and state.step % args.recon_every == 0:
                 save_reconstruction(accelerator.unwrap_model(model), recon_batch,
                                     os.path.join(args.output_dir, "reconstructions", f"step_{state.step:07d}.png"))
-            if state.step % args.save_every == 0 or state.step == total_steps:
-                accelerator.save_state()
+            if (args.save_every and state.step % args.save_every == 0) or state.step == total_steps:
+                checkpoints.save(logger)
             if state.step >= total_steps:
                 break
         else:
@@ -160,4 +171,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

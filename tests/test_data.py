@@ -77,9 +77,40 @@ def test_imagenet_sample_is_resized_and_center_cropped(data_dir):
 
 # ------------------------------------------------------------------------------------------------------ bad input
 
-def test_missing_dataset_path_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match=r"Dataset path .*nope.* does not exist"):
-        data.load_image_stream(str(tmp_path / "nope"), "train")
+def test_missing_dataset_path_is_a_clear_error(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    fix = r".*Pass a Hub id such as uoft-cs/cifar10.*\$DMAE_DATA_DIR/cifar10.*data/\{split\}-\*\.parquet.*save_to_disk"
+    for path in (str(tmp_path / "nope"), "../shared/data/no-such-cifar10"):  # absolute, and relative as in docs
+        with pytest.raises(ValueError, match=r"Dataset '.*no.*' is neither a local dataset folder nor a reachable "
+                                             r"Hub dataset id \(no such local folder\)" + fix):
+            data.load_image_stream(path, "train")
+    # a name that is no local folder: asked of the Hub, which offline mode forbids
+    with pytest.raises(ValueError, match=r"Dataset 'no-such-org/no-such-set' is neither .*Offline mode is on "
+                                         r"\(HF_HUB_OFFLINE=1\)"):
+        data.load_image_stream("no-such-org/no-such-set", "train")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"Dataset folder '.*empty' holds no dataset in the Hub layout"):
+        data.load_image_stream(str(empty), "train")
+
+
+def test_gated_dataset_message_names_token_and_access_request():
+    message = data.dataset_not_found("ILSVRC/imagenet-1k", "Dataset 'ILSVRC/imagenet-1k' is a gated dataset on "
+                                                           "the Hub. You must be authenticated to access it.")
+    assert "--token" in message and "HF_TOKEN" in message and "request access" in message
+
+
+def test_save_to_disk_dataset_dict_loads(tmp_path, data_dir):
+    import datasets
+
+    src = datasets.load_dataset(str(data_dir / "cifar10"), split="test", streaming=True)
+    rows = list(src.take(8))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows, features=src.features)}).save_to_disk(
+        str(tmp_path / "dd"))
+    ds = data.load_image_stream(str(tmp_path / "dd"), "train")
+    assert set(ds.features) == {"image", "label"} and len(list(ds)) == 8
 
 
 def test_unknown_split_lists_the_available_ones(data_dir):

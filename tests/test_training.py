@@ -3,6 +3,7 @@ CIFAR-10 shards with the tiny preset: one process and two CPU processes (torchru
 down, exact resume, clear errors on bad input before training, and the CIFAR-10 transfer pushed to a loopback Hub,
 loaded back and certified."""
 
+import argparse
 import importlib.util
 import json
 import math
@@ -181,7 +182,8 @@ def test_pretrain_one_process_loss_decreases(pretrained):
     assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= set(os.listdir(final))
     config = json.loads((final / "config.json").read_text())
     assert config["noise_sigma"] == 0.25 and config["mask_ratio"] == 0.75 and config["norm_pix_loss"]
-    assert sorted(os.listdir(pretrained / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]
+    assert sorted(os.listdir(pretrained / "checkpoints")) == ["checkpoint-20", "checkpoint-40"]
+    assert not [f for f in os.listdir(pretrained / "checkpoints" / "checkpoint-40") if f.endswith((".pkl", ".bin"))]
 
 
 @pytest.mark.timeout(120)
@@ -226,18 +228,35 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, data
     # the interrupted run's state: its step-6 checkpoint (the same command, same seed, up to there)
     import shutil
 
-    shutil.copytree(straight / "checkpoints" / "checkpoint_0", resumed / "checkpoints" / "checkpoint_0")
-    state = torch.load(resumed / "checkpoints" / "checkpoint_0" / "custom_checkpoint_0.pkl", weights_only=False)
+    shutil.copytree(straight / "checkpoints" / "checkpoint-6", resumed / "checkpoints" / "checkpoint-6")
+    state = json.loads((resumed / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())["train_state"]
     assert state["step"] == 6 and state["epoch"] == 1 and state["batches_in_epoch"] == 2
+    shutil.copy(straight / "metrics.jsonl", resumed / "metrics.jsonl")  # holds steps 1-12: cut back to 1-6
     result = run_script("pretrain.py", common + ["--output-dir", resumed, "--resume"])
     assert "resumed from" in result.stdout + result.stderr
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), (key, (a[key] - b[key]).abs().max())
-    assert losses(resumed) == losses(straight)[6:]
-    # the next automatic checkpoint numbers continue after the resumed one (load_state does not restore them)
-    assert sorted(os.listdir(resumed / "checkpoints")) == ["checkpoint_0", "checkpoint_1"]
+    assert losses(resumed) == losses(straight)  # each step once
+    assert sorted(os.listdir(resumed / "checkpoints")) == ["checkpoint-12", "checkpoint-6"]
+
+
+@pytest.mark.timeout(150)
+def test_two_process_resume_gives_the_same_parameters(tmp_path, data_dir):
+    """DDP on two CPU processes: each rank restores its own RNG states from its `rng_<rank>` files."""
+    common = TINY + ["--dataset", data_dir / "cifar10", "--max-train-examples", 64, "--batch-size", 8,
+                     "--max-steps", 6, "--warmup-steps", 2, "--lr", 1e-3, "--log-every", 1, "--save-every", 3]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_script("pretrain.py", common + ["--output-dir", straight], processes=2)
+    import shutil
+
+    shutil.copytree(straight / "checkpoints" / "checkpoint-3", resumed / "checkpoints" / "checkpoint-3")
+    assert {"rng_0.safetensors", "rng_1.safetensors"} <= set(os.listdir(resumed / "checkpoints" / "checkpoint-3"))
+    run_script("pretrain.py", common + ["--output-dir", resumed, "--resume"], processes=2)
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), (key, (a[key] - b[key]).abs().max())
 
 
 # ------------------------------------------------------------------------------------------------------ bad input
@@ -251,7 +270,8 @@ def load_example(name: str):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("change,message", [
-    ({"--dataset": "{tmp}/no-such-dataset"}, r"Dataset path '.*no-such-dataset' does not exist"),
+    ({"--dataset": "{tmp}/no-such-dataset"}, r"Dataset '.*no-such-dataset' is neither a local dataset folder nor a "
+                                              r"reachable Hub dataset id .*uoft-cs/cifar10"),
     ({"--split": "validation"}, r"Unknown split 'validation' .*available splits: \['test', 'train'\]"),
     ({"--image-column": "image"}, r"Unknown image column 'image' .*columns are \['img', 'label'\]"),
     ({"--num-labels": "5"}, r"Label [5-9] is out of range: labels must be in \[0, 5\) \(num_labels=5\)"),
@@ -273,6 +293,49 @@ def test_bad_input_fails_clearly_before_training(change, message, tmp_path, data
         argv = to_argv({k: v for k, v in args.items() if k not in ("--from-scratch", "--val-size")})
         with pytest.raises(ValueError, match=message):
             load_example("pretrain").main(argv)
+
+
+@pytest.mark.parametrize("script", ["pretrain", "finetune"])
+def test_help_shows_every_option_with_help_and_its_default(script, capsys):
+    module = load_example(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    text = " ".join(out.split())
+    assert "/work/" not in text and "uoft-cs/cifar10" in text and "ILSVRC/imagenet-1k" in text
+    entries, current = {}, None  # option listing: an entry starts with a line "  --flag ..."
+    for line in out.split("options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            entries[current] = line
+        elif current and line.startswith("    "):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    checked = 0
+    for action in module.build_parser()._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        assert action.help, f"{action.option_strings[0]} has no help text"
+        if action.required or action.default == argparse.SUPPRESS:  # --dataset, --output-dir; --help
+            continue
+        checked += 1
+        entry = " ".join(entries[action.option_strings[0]].split())
+        assert f"(default: {action.default})" in entry, entry
+    assert checked > 40
+
+
+def test_bad_input_prints_one_error_line_and_exits_2(tmp_path, data_dir):
+    env = dict(ENV, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "pretrain.py"), "--preset", "tiny",
+                             "--dataset", "../shared/no-such-data/cifar10", "--output-dir", str(tmp_path / "out")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[0].startswith("error: Dataset '../shared/no-such-data/cifar10' is neither a local dataset folder")
+    assert "Offline mode is on" in lines[0] and "$DMAE_DATA_DIR" in lines[0]
 
 
 # ------------------------------------------------------------------------------------------------------ Hub
