@@ -465,8 +465,10 @@ def _adaptive_options(n, first_look=1000, target_radius=None, radius_tolerance=0
         [target_radius] if isinstance(target_radius, numbers.Number) else list(target_radius))
     for name, value in [*(("target_radius", t) for t in targets or []), ("estimate_tolerance", estimate_tolerance),
                         ("radius_tolerance", radius_tolerance)]:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0):
-            raise ValueError(f"{name} must be a number >= 0 (target_radius: or a list of them), got {value!r}.")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                  or not (math.isfinite(value) and value >= 0)):
+            raise ValueError(f"{name} must be a finite number >= 0 (target_radius: or a list of them), got "
+                             f"{value!r}.")
     if targets == []:
         raise ValueError("target_radius must not be an empty list.")
     return dict(looks=look_schedule(n, first_look), targets=None if targets is None else sorted(targets),
