@@ -39,7 +39,7 @@ POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "ima
 INTERVALS = {
     "mlp_ratio": "(0, inf)", "layer_norm_eps": "(0, inf)", "initializer_range": "[0, inf)",
     "hidden_dropout_prob": "[0, 1)", "attention_probs_dropout_prob": "[0, 1)", "drop_path_rate": "[0, 1)",
-    "mask_ratio": "[0, 1)", "label_smoothing": "[0, 1)", "noise_sigma": "[0, inf)", "smoothing_sigma": "(0, inf)",
+    "mask_ratio": "[0, 1)", "label_smoothing": "[0, 1)", "noise_sigma": "[0, inf)", "smoothing_sigma": "[0, inf)",
     "consistency_lambda": "[0, inf)", "consistency_eta": "[0, inf)",
 }
 

@@ -124,7 +124,7 @@ CASES = [
      "returned 3 classes after 2"),
     # configs (built, or loaded from a config.json)
     ("smoothing_sigma NaN", lambda t: DMAEConfig(smoothing_sigma=NAN), ValueError,
-     r"smoothing_sigma must be a finite number in \(0, inf\), got nan"),
+     r"smoothing_sigma must be a finite number in \[0, inf\), got nan"),
     ("noise_sigma Inf", lambda t: DMAEConfig(noise_sigma=INF), ValueError, r"noise_sigma .*\[0, inf\), got inf"),
     ("mlp_ratio 0", lambda t: DMAEConfig(mlp_ratio=0), ValueError, r"mlp_ratio .*\(0, inf\), got 0"),
     ("mlp_ratio tiny", lambda t: DMAEConfig(mlp_ratio=1e-4), ValueError, "mlp_ratio .*MLP of 0 units"),
