@@ -13,6 +13,9 @@ Everything here is Monte Carlo over noisy copies of x, so each result holds with
 * `certify` returns (class, radius), or abstains; P(it returns a class c with a radius that the true
   P(f(x + eps) = c) does not support, i.e. pA(c) < pA_lower) <= alpha.
 
+No certificate rests on undefined votes: f must return a real floating (N, K) tensor on x's device with a fixed K,
+and NaN/Inf logits (which argmax would count as votes) raise a `ValueError` before any decision is made.
+
 Reproducibility: the noise of image x for stage s ("selection", "estimation", "predict") is cut into blocks of
 `NOISE_BLOCK` samples, and block j is drawn from its own generator seeded by mix(seed, s, j). Forward batches are
 assembled from (parts of) blocks, possibly of several images, so counts do not depend on `batch_size` nor on the
