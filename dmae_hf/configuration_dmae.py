@@ -1,7 +1,11 @@
 # Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
 """DMAE model configuration."""
 
+import math
+import numbers
+
 from huggingface_hub.dataclasses import strict
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -27,6 +31,32 @@ PRESETS = {
         image_std=CIFAR10_STD,
     ),
 }
+
+# Allowed values of the numeric fields: integers >= 1, and intervals of finite reals.
+POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
+                 "num_channels", "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
+                 "num_noise_samples")
+INTERVALS = {
+    "mlp_ratio": "(0, inf)", "layer_norm_eps": "(0, inf)", "initializer_range": "[0, inf)",
+    "hidden_dropout_prob": "[0, 1)", "attention_probs_dropout_prob": "[0, 1)", "drop_path_rate": "[0, 1)",
+    "mask_ratio": "[0, 1)", "label_smoothing": "[0, 1)", "noise_sigma": "[0, inf)", "smoothing_sigma": "[0, inf)",
+    "consistency_lambda": "[0, inf)", "consistency_eta": "[0, inf)",
+}
+
+
+def _check_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+
+
+def _check_interval(name, value, interval):
+    """Raise unless `value` is a finite real in `interval`, written "[a, b)", "(a, inf)", ..."""
+    low, high = (float(v) for v in interval[1:-1].split(","))
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+          and (low <= value if interval[0] == "[" else low < value)
+          and (value <= high if interval[-1] == "]" else value < high))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}.")
 
 
 @strict
@@ -61,6 +91,10 @@ class DMAEConfig(PreTrainedConfig):
             `"cls"` (final norm, CLS token).
         initializer_range (`float`, defaults to 0.02): std of the normal init of the CLS and mask tokens.
 
+    Values are checked when the config is built or loaded (`validate_values`: sizes are integers >= 1, the
+    `INTERVALS` of the real fields, divisibility, one finite mean and positive std per channel): nonsense raises a
+    `ValueError` that names the field, its value and the allowed range.
+
     Example:
 
     ```python
@@ -80,9 +114,9 @@ class DMAEConfig(PreTrainedConfig):
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.0
     qkv_bias: bool = True
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float | int = 1e-6
     drop_path_rate: float | int = 0.0
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
     image_size: int = 224
     patch_size: int = 16
     num_channels: int = 3
@@ -93,8 +127,8 @@ class DMAEConfig(PreTrainedConfig):
     noise_sigma: float | int = 0.25
     norm_pix_loss: bool = True
     loss_on_all_patches: bool = True
-    image_mean: list[float] | tuple[float, ...] = IMAGENET_DEFAULT_MEAN
-    image_std: list[float] | tuple[float, ...] = IMAGENET_DEFAULT_STD
+    image_mean: list[float | int] | tuple[float | int, ...] = IMAGENET_DEFAULT_MEAN
+    image_std: list[float | int] | tuple[float | int, ...] = IMAGENET_DEFAULT_STD
     smoothing_sigma: float | int = 0.25
     consistency_lambda: float | int = 2.0
     consistency_eta: float | int = 0.5
@@ -125,35 +159,55 @@ class DMAEConfig(PreTrainedConfig):
         return cls(**{**PRESETS[name], **kwargs})
 
     def __post_init__(self, **kwargs):
-        self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
-        self.check_values()
+        self.image_mean, self.image_std = self._channel_values("image_mean"), self._channel_values("image_std")
+        if kwargs.get("num_labels") is not None:
+            _check_int("num_labels", kwargs["num_labels"])
         super().__post_init__(**kwargs)
+        self.validate_values()
 
-    def check_values(self):
-        """Raise a `ValueError` naming the first field whose value no DMAE model can use."""
+    def _channel_values(self, name) -> list[float]:
+        values = getattr(self, name)
+        if any(isinstance(v, bool) for v in values):
+            raise ValueError(f"{name} must hold numbers, got {values!r}.")
+        return [float(v) for v in values]
+
+    def validate_values(self):
+        """Raise a `ValueError` naming the first field whose value no DMAE model can use, with the allowed range.
+
+        Runs when the config is built or loaded (`__post_init__`, also under `from_pretrained`/`from_dict`) and,
+        as a `@strict` class validator, in `validate()`, which `save_pretrained` calls: a field set to nonsense after
+        construction cannot be saved.
+        """
+        for name in POSITIVE_INTS:
+            _check_int(name, getattr(self, name))
+        for name, interval in INTERVALS.items():
+            _check_interval(name, getattr(self, name), interval)
+        _check_int("num_labels (the size of id2label)", self.num_labels)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
                              f"({self.num_attention_heads}).")
         if self.decoder_hidden_size % self.decoder_num_attention_heads:
             raise ValueError(f"decoder_hidden_size ({self.decoder_hidden_size}) is not a multiple of "
                              f"decoder_num_attention_heads ({self.decoder_num_attention_heads}).")
+        if self.patch_size > self.image_size:
+            raise ValueError(f"patch_size ({self.patch_size}) is larger than image_size ({self.image_size}).")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size ({self.image_size}) is not a multiple of patch_size ({self.patch_size}).")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
-        for name in ("noise_sigma", "smoothing_sigma", "consistency_lambda", "consistency_eta", "drop_path_rate"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if self.num_noise_samples < 1:
-            raise ValueError(f"num_noise_samples must be >= 1, got {self.num_noise_samples}.")
+            raise ValueError(f"image_size ({self.image_size}) is not a multiple of patch_size ({self.patch_size}); "
+                             "choose a patch_size that divides it.")
+        if min(self.intermediate_size, self.decoder_intermediate_size) < 1:
+            raise ValueError(f"mlp_ratio ({self.mlp_ratio}) gives an MLP of {self.intermediate_size} units for "
+                             f"hidden_size {self.hidden_size}: it must give at least 1.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act must be one of transformers' ACT2FN names (e.g. 'gelu'), got "
+                             f"{self.hidden_act!r}.")
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}.")
-        if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
-            raise ValueError(f"image_mean and image_std need {self.num_channels} values (one per channel).")
-        if min(self.image_std) <= 0:
-            raise ValueError(f"image_std must be positive, got {self.image_std}.")
-
+        for name, positive in (("image_mean", False), ("image_std", True)):
+            values = getattr(self, name)
+            if len(values) != self.num_channels:
+                raise ValueError(f"{name} needs {self.num_channels} values (one per channel, num_channels), got "
+                                 f"{len(values)}: {values}.")
+            if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+                raise ValueError(f"{name} must hold finite numbers{' > 0' if positive else ''}, got {values}.")
 
 __all__ = ["DMAEConfig", "PRESETS", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "CIFAR10_MEAN", "CIFAR10_STD"]

@@ -16,8 +16,8 @@ Three source layouts, told apart by their keys:
   -> `DMAEForPreTraining`, with q, k and v concatenated by rows into the fused `qkv`.
 
 Official `.pth` files are read with `torch.load(map_location="cpu", weights_only=True)` only: a pickle that needs
-code execution is refused. Every source key must be used and every model weight provided with its exact shape;
-otherwise the conversion fails and names the keys.
+code execution is refused. Every source key must be used and every model weight provided with its exact shape and
+finite values; otherwise the conversion fails and names the keys.
 
     python -m dmae_hf convert dmae_base.pth out/dmae-vit-base
     python -m dmae_hf convert cifar_sigma0.25.pth out/c --normalization cifar10 --sigma 0.25 --push-to-hub org/name
@@ -26,6 +26,8 @@ otherwise the conversion fails and names the keys.
 import argparse
 import json
 import math
+import numbers
+import os
 import pickle
 import re
 import zipfile
@@ -108,6 +110,12 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------------------ loading
+# What torch's weights-only unpickler says when a pickle would import or call something beyond plain data.
+_CODE_EXECUTION = re.compile(r"GLOBAL (\S+) was not an allowed global|GLOBAL (\S+) whose module \S+ is blocked"
+                             r"|reduce for unrecognized function (.+?)(?: which belongs|$)"
+                             r"|Can only (?:create new object|build) .*?but got (.+)", re.M)
+
+
 def _torch_load(path: Path) -> dict:
     """`torch.load(weights_only=True)`, allowing only `argparse.Namespace` beyond tensors and plain containers: the
     official training scripts save their `args` with the weights, and a Namespace only holds attributes."""
@@ -115,12 +123,12 @@ def _torch_load(path: Path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+) was not an allowed global|Unsupported global: GLOBAL (\S+)", str(e))
+        found = _CODE_EXECUTION.search(str(e))
         if found:
             raise CheckpointError(
                 f"{path} is a pickle that needs code execution to load (it references "
-                f"{found.group(1) or found.group(2)}). dmae-hf only reads checkpoints with "
-                "torch.load(weights_only=True); re-save the state dict alone "
+                f"{next(g for g in found.groups() if g)}), which is not allowed: dmae-hf only reads checkpoints "
+                "with torch.load(weights_only=True). The file is not corrupt; re-save the state dict alone "
                 "(torch.save({'model': model.state_dict()}, path)) from code you trust."
             ) from e
         detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(e))
@@ -174,6 +182,37 @@ def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict | None]:
     if not_tensors:
         raise CheckpointError(f"{path} is not a state dict: entries {not_tensors[:10]} are not tensors.")
     return state, hf_config
+
+
+def check_finite(state: dict, source: str = "checkpoint") -> None:
+    """Refuse floating-point tensors holding NaN or Inf, naming them: such a model outputs NaN, which no
+    certificate may be built on."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"The {source} has {len(bad)} tensor(s) with NaN or Inf values: {bad[:10]}"
+                              f"{' ...' if len(bad) > 10 else ''}. Convert a checkpoint saved before training "
+                              "diverged.")
+
+
+def _check_options(sigma=None, num_heads=None, decoder_num_heads=None, num_labels=None, **_):
+    """Refuse option values no model can have, before any work is done."""
+    if sigma is not None and not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma >= 0):
+        raise CheckpointError(f"--sigma must be a finite noise level >= 0 in [0, 1] pixel units (0.25, 0.5 or 1.0 in "
+                              f"the paper), got {sigma!r}.")
+    for option, value in (("--num-heads", num_heads), ("--decoder-num-heads", decoder_num_heads),
+                          ("--num-labels", num_labels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CheckpointError(f"{option} must be an integer >= 1, got {value!r}.")
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """Refuse an output directory that cannot be created: under a regular file, or in a read-only directory."""
+    existing = next(p for p in (output_dir, *output_dir.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise CheckpointError(f"Cannot write to {output_dir}: {existing} is a file, not a directory; choose another "
+                              "output directory.")
+    if existing != output_dir and not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f"Cannot create {output_dir}: {existing} is not writable.")
 
 
 def detect_layout(state: dict) -> str:
@@ -382,16 +421,18 @@ def convert_state_dict(state: dict, hf_config: dict | None = None, *, preset: st
     """
     if normalization not in NORMALIZATIONS:
         raise CheckpointError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}.")
+    _check_options(sigma, num_heads, decoder_num_heads, num_labels)
     layout = detect_layout(state)
+    check_finite(state, f"{_SOURCES[layout]} checkpoint")
     renamed, unknown = rename_vit_mae(state) if layout == "vit-mae" else rename_official(state)
     arch = infer_architecture(renamed, hf_config, preset, num_heads, decoder_num_heads)
     mean, std = NORMALIZATIONS[normalization]
     extra = dict(image_mean=mean, image_std=std)
 
     if layout == "classifier":
-        if sigma is None:
-            raise CheckpointError("A classifier needs its smoothing noise level: pass --sigma (0.25, 0.5 or 1.0 in "
-                                  "the paper).")
+        if not sigma:
+            raise CheckpointError(f"A classifier needs its smoothing noise level: pass --sigma > 0 (0.25, 0.5 or 1.0 "
+                                  f"in the paper){'' if sigma is None else f', got {sigma!r}'}.")
         rows = _get(renamed, "classifier.weight").shape[0]
         if num_labels is not None and num_labels != rows:
             raise CheckpointError(f"--num-labels {num_labels} does not match the checkpoint's head of {rows} rows.")
@@ -437,9 +478,11 @@ def convert(source, output_dir, *, name: str | None = None, push_to_hub: str | N
     from . import hub_names
     from .model_card import render_model_card
 
+    output_dir = Path(output_dir)
+    _check_output_dir(output_dir)
+    _check_options(**kwargs)
     state, hf_config = load_checkpoint(source)
     model = convert_state_dict(state, hf_config, **kwargs)
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     processor_for(model.config).save_pretrained(output_dir)
@@ -462,5 +505,5 @@ def convert(source, output_dir, *, name: str | None = None, push_to_hub: str | N
     return model
 
 
-__all__ = ["CheckpointError", "load_checkpoint", "detect_layout", "convert_state_dict", "convert",
+__all__ = ["CheckpointError", "load_checkpoint", "check_finite", "detect_layout", "convert_state_dict", "convert",
            "infer_architecture", "rename_official", "rename_vit_mae"]

@@ -13,6 +13,9 @@ Everything here is Monte Carlo over noisy copies of x, so each result holds with
 * `certify` returns (class, radius), or abstains; P(it returns a class c with a radius that the true
   P(f(x + eps) = c) does not support, i.e. pA(c) < pA_lower) <= alpha.
 
+No certificate rests on undefined votes: f must return a real floating (N, K) tensor on x's device with a fixed K,
+and NaN/Inf logits (which argmax would count as votes) raise a `ValueError` before any decision is made.
+
 Reproducibility: the noise of image x for stage s ("selection", "estimation", "predict") is cut into blocks of
 `NOISE_BLOCK` samples, and block j is drawn from its own generator seeded by mix(seed, s, j). Forward batches are
 assembled from (parts of) blocks, possibly of several images, so counts do not depend on `batch_size` nor on the
@@ -191,6 +194,7 @@ class _Sampler:
         self.device = x.device
         self.autocast_dtype = autocast_dtype
         self.num_classes = None
+        self.batches, self.nonfinite = 0, []  # forward passes so far; (number, size, non-finite count) of this call
         self.rank, self.world = _process_group() if distributed else (0, 1)
         self.pbar = None
         if progress and self.rank == 0:
@@ -220,10 +224,31 @@ class _Sampler:
             counts = self._forward(batch[:filled], owners, counts)
         if self.world > 1:
             counts = self._all_reduce(counts)
-        return counts.view(self.x.shape[0], self.num_classes).cpu()
+        # the one host sync: the votes, [all processes' number of non-finite logits,] each local batch's number
+        cells = self.x.shape[0] * self.num_classes
+        host = torch.cat([counts, *(b.to(counts.device).view(1) for _, _, b in self.nonfinite)]).cpu()
+        bad = host[cells:].tolist()
+        self._check_finite(bad.pop(0) if self.world > 1 else sum(bad), bad)
+        return host[:cells].view(self.x.shape[0], self.num_classes)
+
+    def _check_finite(self, total: int, bad: list[int]) -> None:
+        """Refuse the votes of a call in which f returned NaN or Inf (`total` of them, `bad[b]` in the b-th local
+        batch): argmax turns them into votes (NaN is the maximum, Inf ties), i.e. into a certificate about a
+        classifier whose output is undefined."""
+        hits = [(number, size, b) for (number, size, _), b in zip(self.nonfinite, bad) if b]
+        self.nonfinite = []
+        if not total:
+            return
+        where = (f"forward batch {hits[0][0]} (of {hits[0][1]} noisy samples) has {hits[0][2]}" if hits
+                 else "they are in another process's batches")
+        more = f"; {len(hits) - 1} later batches have some too" if len(hits) > 1 else ""
+        raise ValueError(f"base_classifier returned {total} non-finite logits (NaN or Inf): {where}{more}. No "
+                         "prediction or certificate is made from undefined votes; check the model's weights and "
+                         "inputs (torch.isfinite(logits).all() must hold).")
 
     def _all_reduce(self, counts):
-        """Sum the counts of all processes (a process that drew no sample learns the number of classes here)."""
+        """Sum the counts and the number of non-finite logits of all processes (a process that drew no sample learns
+        the number of classes here). The total of non-finite logits goes last, so every process refuses together."""
         import torch.distributed as dist
 
         device = self.device if dist.get_backend() != "gloo" else torch.device("cpu")
@@ -234,7 +259,8 @@ class _Sampler:
         self.num_classes = int(k)
         if counts is None:
             counts = torch.zeros(self.x.shape[0] * self.num_classes, dtype=torch.long, device=device)
-        counts = counts.to(device)
+        bad = sum((b.to(device) for _, _, b in self.nonfinite), torch.zeros((), dtype=torch.long, device=device))
+        counts = torch.cat([counts.to(device), bad.view(1)])
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
         return counts
 
@@ -244,10 +270,10 @@ class _Sampler:
         else:
             with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
                 logits = self.f(batch)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"base_classifier must map a ({batch.shape[0]}, C, H, W) batch to logits "
-                             f"({batch.shape[0]}, num_classes); got {shape}.")
+        self.batches += 1
+        self._check_logits(logits, batch.shape[0])
+        # counted on the device and read back with the votes in `count`, so the check costs no host sync per batch
+        self.nonfinite.append((self.batches, batch.shape[0], logits.isfinite().logical_not().sum()))
         if self.num_classes is None:
             self.num_classes = logits.shape[1]
         elif logits.shape[1] != self.num_classes:
@@ -267,6 +293,22 @@ class _Sampler:
         if self.pbar is not None:
             self.pbar.update(batch.shape[0])
         return counts
+
+    def _check_logits(self, logits, m):
+        """Refuse anything but a real floating (m, K >= 1) tensor of logits on the sampler's device."""
+        expected = f"base_classifier must map a ({m}, C, H, W) batch to a ({m}, num_classes) tensor of logits"
+        if isinstance(logits, (tuple, list, dict)):  # ModelOutput is a dict
+            raise ValueError(f"{expected}; got a {type(logits).__name__}. Pass a callable that returns the logits "
+                             "tensor itself, e.g. `lambda x: model(x).logits` or `model.base_classifier`.")
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError(f"{expected}; got {type(logits).__name__}.")
+        if logits.ndim != 2 or logits.shape[0] != m or logits.shape[1] == 0:
+            raise ValueError(f"{expected}; got shape {tuple(logits.shape)} in forward batch {self.batches}.")
+        if not logits.is_floating_point():
+            raise ValueError(f"{expected}; got dtype {logits.dtype} (logits must be real floating-point scores).")
+        if logits.device != self.device:
+            raise ValueError(f"{expected}; got logits on {logits.device} for inputs on {self.device} (return the "
+                             "logits on the input's device).")
 
     def close(self):
         if self.pbar is not None:
@@ -426,8 +468,10 @@ def _adaptive_options(n, first_look=1000, target_radius=None, radius_tolerance=0
         [target_radius] if isinstance(target_radius, numbers.Number) else list(target_radius))
     for name, value in [*(("target_radius", t) for t in targets or []), ("estimate_tolerance", estimate_tolerance),
                         ("radius_tolerance", radius_tolerance)]:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0):
-            raise ValueError(f"{name} must be a number >= 0 (target_radius: or a list of them), got {value!r}.")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                  or not (math.isfinite(value) and value >= 0)):
+            raise ValueError(f"{name} must be a finite number >= 0 (target_radius: or a list of them), got "
+                             f"{value!r}.")
     if targets == []:
         raise ValueError("target_radius must not be an empty list.")
     return dict(looks=look_schedule(n, first_look), targets=None if targets is None else sorted(targets),

@@ -6,6 +6,8 @@ normalisation)."""
 
 import json
 import math
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -285,16 +287,59 @@ def tiny_sd(kind="pretraining"):
 
 
 class CodeExecution:
+    def __init__(self, func=print):
+        self.func = func
+
     def __reduce__(self):
-        return (print, ("this must never run",))
+        return (self.func, ("echo this must never run",))
 
 
-def test_refuses_pickles_that_need_code_execution(tmp_path, capsys):
+@pytest.mark.parametrize("func, legacy", [(print, False), (os.system, False), (os.system, True)],
+                         ids=["allowed module", "blocked module", "legacy pickle"])
+def test_refuses_pickles_that_need_code_execution(tmp_path, capfd, func, legacy):
     path = tmp_path / "evil.pth"
-    torch.save({"model": tiny_sd(), "hook": CodeExecution()}, path)
-    with pytest.raises(CheckpointError, match="needs code execution.*print"):
+    payload = {"model": tiny_sd(), "hook": CodeExecution(func)}
+    if legacy:  # a plain pickle, not torch's zip format (without tensors, which it would pickle by code too)
+        path.write_bytes(pickle.dumps({"hook": payload["hook"]}, protocol=2))
+    else:
+        torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=rf"needs code execution .*{func.__name__}.*not allowed.*weights_only")\
+            as error:
         load_checkpoint(path)
-    assert "this must never run" not in capsys.readouterr().out
+    assert "corrupt" in str(error.value) and "not corrupt" in str(error.value)  # told apart from a broken file
+    assert "this must never run" not in capfd.readouterr().out
+
+
+def test_non_finite_weights_are_refused_and_named(tmp_path):
+    sd = tiny_sd("classifier")
+    sd["blocks.1.attn.qkv.weight"][3, 0] = float("nan")
+    sd["head.bias"][0] = float("inf")
+    torch.save({"model": sd}, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match=r"2 tensor\(s\) with NaN or Inf values: \['blocks\.1\.attn\.qkv\.weight', "
+                       r"'head\.bias'\]"):
+        convert(tmp_path / "nan.pth", tmp_path / "out", preset="tiny", sigma=0.25)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(sigma=-1.0), r"--sigma must be a finite noise level >= 0.*got -1\.0"),
+    (dict(sigma=float("nan")), r"--sigma must be a finite.*got nan"),
+    (dict(num_heads=0), r"--num-heads must be an integer >= 1, got 0"),
+    (dict(output="a_file/out"), r"a_file is a file, not a directory"),
+])
+def test_bad_options_fail_before_any_work(tmp_path, options, message):
+    """The source does not even exist: these errors come first, before the checkpoint is read."""
+    (tmp_path / "a_file").write_text("not a directory")
+    output = tmp_path / options.pop("output", "out")
+    with pytest.raises(CheckpointError, match=message):
+        convert(tmp_path / "missing.pth", output, **options)
+    assert not (tmp_path / "out").exists()
+
+
+def test_classifier_needs_positive_sigma(tmp_path):
+    torch.save({"model": tiny_sd("classifier")}, tmp_path / "cls.pth")
+    with pytest.raises(CheckpointError, match=r"pass --sigma > 0 .*got 0\.0"):
+        convert(tmp_path / "cls.pth", tmp_path / "out", preset="tiny", sigma=0.0)
 
 
 def test_official_training_args_are_allowed(tmp_path):

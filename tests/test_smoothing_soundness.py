@@ -4,6 +4,10 @@ The base classifiers act on the 1-D projection t = w.x (||w|| = 1) of a 1x2x2 im
 and P(f(x + eps) = c) is a difference of normal CDFs. Each test runs many independent trials (seeds) and checks with
 a one-sided binomial test that the rate of wrong answers is not significantly above alpha; each test also shows that
 the same checker catches a deliberately broken bound.
+
+The last part holds broken base classifiers to the same standard: ties and batch-size-dependent outputs still get
+certificates their true pA supports; NaN/Inf outputs, exceptions, wrong shapes and a changing number of classes
+get no certificate at all.
 """
 
 import math
@@ -50,10 +54,10 @@ def failure_rate_ok(failures, trials, alpha):
     return binomtest(failures, trials, alpha, alternative="greater").pvalue > 1e-3
 
 
-def certify_failures(f, probs, alpha, **kwargs):
+def certify_failures(f, probs, alpha, trials=TRIALS, **kwargs):
     """Trials whose certificate is wrong: not abstained and pA_lower > the true probability of the returned class."""
     failures = 0
-    for seed in range(TRIALS):
+    for seed in range(trials):
         cert = smoothing.certify(f, X, SIGMA, alpha=alpha, seed=seed, **kwargs)
         assert cert.prediction is not None or cert.radius == 0.0
         failures += cert.prediction is not None and cert.pA_lower > probs[cert.prediction]
@@ -136,3 +140,150 @@ def test_predict_error_rate_and_checker_catches_untested_vote():
         assert not failure_rate_ok(wrong_answers(), TRIALS, alpha)
     finally:
         smoothing.binomtest = original
+
+
+# ---------------------------------------------------------------------------------------------- broken base classifiers
+class TiedTop(NearestCenter):
+    """`two_class` with a third class whose logit always equals class 1's: argmax takes the first maximal class, so
+    P(class 1) is unchanged and class 2 never gets a vote."""
+
+    def forward(self, z):
+        logits = super().forward(z)
+        return torch.cat([logits, logits[:, 1:]], dim=1)
+
+
+def test_ties_certify_the_first_maximal_class_soundly():
+    alpha, (f, _) = 0.1, two_class(0.7)
+    tied = TiedTop(f.centers.tolist())
+    probs = f.probabilities() + [0.0]
+    failures = certify_failures(tied, probs, alpha, trials=1000, n0=10, n=100)
+    assert failures > 0 and failure_rate_ok(failures, 1000, alpha), failures
+    cert = smoothing.certify(tied, X, SIGMA, n0=10, n=100, alpha=alpha)
+    assert cert.counts[2] == 0 and cert.prediction in (None, 1)
+
+    constant = lambda z: torch.tensor([0.0, 1.0, 1.0, 0.0]).expand(z.shape[0], 4)  # noqa: E731, pA(1) = 1
+    cert = smoothing.certify(constant, X, SIGMA, n0=10, n=100, alpha=alpha)
+    assert cert.prediction == 1 and cert.counts == [0, 100, 0, 0]
+    assert cert.pA_lower == smoothing.clopper_pearson_lower(100, 100, alpha) < 1.0
+
+
+class BatchSizeDependent(torch.nn.Module):
+    """The two-class split of pA = `full` in batches of `size` samples, and of pA = `partial` in smaller ones."""
+
+    def __init__(self, size, full, partial):
+        super().__init__()
+        self.size, self.full, self.partial = size, two_class(full)[0], two_class(partial)[0]
+
+    def forward(self, z):
+        return (self.full if z.shape[0] == self.size else self.partial)(z)
+
+
+def test_batch_size_dependent_classifier_is_certified_for_the_batches_it_sees():
+    """n = 100 in batches of 16: 96 samples see pA = 0.6 and 4 see 0.95; nA is a sum of independent Bernoullis of
+    mean pA = 0.614, which the Clopper-Pearson bound still covers (Hoeffding, 1956). Counts do not depend on where a
+    sample falls otherwise: the sampler's batching is a function of (n0, n, batch_size, number of images) only."""
+    alpha, f = 0.1, BatchSizeDependent(16, 0.6, 0.95)
+    mean = (96 * 0.6 + 4 * 0.95) / 100
+    failures = certify_failures(f, [1 - mean, mean], alpha, trials=1000, n0=10, n=100, batch_size=16)
+    assert failures > 0 and failure_rate_ok(failures, 1000, alpha), failures
+
+
+def with_logits(edit):
+    """`two_class(0.7)`'s classifier with its logits edited in place by `edit(logits)`."""
+    f = two_class(0.7)[0]
+
+    def broken(z):
+        logits = f(z)
+        edit(logits)
+        return logits
+
+    return broken
+
+
+NON_FINITE = {
+    "all NaN": lambda logits: logits.fill_(math.nan),
+    "NaN in one class": lambda logits: logits[:, 1].fill_(math.nan),  # argmax would vote for class 1 every time
+    "all +Inf": lambda logits: logits.fill_(math.inf),  # ... for class 0
+    "+Inf in one class": lambda logits: logits[:, 0].fill_(math.inf),
+    "-Inf everywhere": lambda logits: logits.fill_(-math.inf),
+    "one NaN sample": lambda logits: logits[-1, 0].fill_(math.nan),
+}
+
+
+@pytest.mark.parametrize("edit", NON_FINITE.values(), ids=NON_FINITE)
+@pytest.mark.parametrize("call", ["certify", "adaptive", "predict"])
+def test_non_finite_logits_never_certify(edit, call):
+    f = with_logits(edit)
+    run = {"certify": lambda: smoothing.certify(f, X, SIGMA, n0=10, n=100, alpha=0.01),
+           "adaptive": lambda: smoothing.certify(f, X, SIGMA, alpha=0.01, **ADAPTIVE),
+           "predict": lambda: smoothing.predict(f, X, SIGMA, n=100, alpha=0.01)}[call]
+    with pytest.raises(ValueError, match=r"non-finite logits \(NaN or Inf\): forward batch 1 \(of \d+ noisy"):
+        run()
+
+
+def test_intermittent_non_finite_logits_never_certify():
+    """NaN only where the noisy sample lands far out (t > 2.2, P = 0.8% per sample): about half the trials meet one,
+    in some batches only, and exactly those are refused; a NaN in batch 3 alone is named as such."""
+    f, emitted = two_class(0.7)[0], []
+
+    def rare_nan(z):
+        logits = f(z)
+        far = z.flatten(1) @ W > 2.2
+        emitted[-1] |= bool(far.any())
+        logits[far] = math.nan
+        return logits
+
+    refused = []
+    for seed in range(200):
+        emitted.append(False)
+        try:
+            smoothing.certify(rare_nan, X, SIGMA, n0=10, n=100, alpha=0.1, seed=seed, batch_size=32)
+            refused.append(False)
+        except ValueError as e:
+            assert "non-finite" in str(e)
+            refused.append(True)
+    assert refused == emitted and 20 < sum(refused) < 180
+
+    calls = []
+
+    def third_batch_nan(z):
+        calls.append(z.shape[0])
+        logits = f(z)
+        if len(calls) == 3:
+            logits[5, 1] = math.nan
+        return logits
+
+    with pytest.raises(ValueError, match=r"1 non-finite logits .*forward batch 3 \(of 32 noisy samples\) has 1\."):
+        smoothing.certify(third_batch_nan, X, SIGMA, n0=10, n=100, batch_size=32)
+    assert calls == [10, 32, 32, 32, 4]  # the whole estimation stage ran, then the check refused its votes
+
+
+class Flaky:
+    """Forward pass number `at` misbehaves as `how` says; the others are `two_class(0.7)`'s classifier."""
+
+    def __init__(self, at, how):
+        self.f, self.at, self.how, self.calls = two_class(0.7)[0], at, how, 0
+
+    def __call__(self, z):
+        self.calls += 1
+        logits = self.f(z)
+        if self.calls != self.at:
+            return logits
+        if self.how == "raise":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return {"transpose": logits.T, "drop a row": logits[1:], "flatten": logits[:, 0],
+                "extra class": torch.cat([logits, logits[:, :1]], 1), "tuple": (logits,)}[self.how]
+
+
+@pytest.mark.parametrize("at", [1, 3], ids=["selection", "estimation"])
+@pytest.mark.parametrize("how, error, match", [
+    ("raise", RuntimeError, "illegal memory access"),
+    ("transpose", ValueError, r"tensor of logits; got shape \(2, \d+\)"),
+    ("drop a row", ValueError, r"tensor of logits; got shape \(\d+, 2\)"),
+    ("flatten", ValueError, r"tensor of logits; got shape \(\d+,\)"),
+    ("extra class", ValueError, r"returned [23] classes after [23]"),  # 3 then 2 in selection
+    ("tuple", ValueError, "got a tuple.*logits tensor itself"),
+])
+def test_classifiers_that_fail_mid_run_never_certify(at, how, error, match):
+    with pytest.raises(error, match=match):
+        smoothing.certify(Flaky(at, how), X, SIGMA, n0=10, n=100, batch_size=32)

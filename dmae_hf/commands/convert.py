@@ -34,14 +34,14 @@ def register(subparsers):
 def run(args) -> int:
     import sys
 
-    from ..convert_dmae import CheckpointError, convert
+    from ..convert_dmae import convert
 
     try:
         model = convert(args.source, args.output_dir, name=args.name, push_to_hub=args.push_to_hub,
                         private=args.private, preset=args.preset, num_heads=args.num_heads,
                         decoder_num_heads=args.decoder_num_heads, normalization=args.normalization, sigma=args.sigma,
                         num_labels=args.num_labels, labels=args.labels)
-    except CheckpointError as e:
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         print(f"dmae convert: error: {e}", file=sys.stderr)
         return 1
     params = sum(p.numel() for p in model.parameters())
