@@ -425,5 +425,5 @@ def test_cli_converts_and_reports_errors(tmp_path, capsys):
     assert config["smoothing_sigma"] == 1.0 and config["id2label"]["9"] == "class9"
     assert config["architectures"] == ["DMAEForSmoothedClassification"]
     assert (out / "README.md").read_text().splitlines()[0] == "---" and "# my-dmae" in (out / "README.md").read_text()
-    assert cli_main(["convert", str(tmp_path / "cls.pth"), str(tmp_path / "o2"), "--preset", "tiny"]) == 1
+    assert cli_main(["convert", str(tmp_path / "cls.pth"), str(tmp_path / "o2"), "--preset", "tiny"]) == 2
     assert "--sigma" in capsys.readouterr().err

@@ -32,18 +32,13 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    import sys
-
     from ..convert_dmae import convert
 
-    try:
-        model = convert(args.source, args.output_dir, name=args.name, push_to_hub=args.push_to_hub,
-                        private=args.private, preset=args.preset, num_heads=args.num_heads,
-                        decoder_num_heads=args.decoder_num_heads, normalization=args.normalization, sigma=args.sigma,
-                        num_labels=args.num_labels, labels=args.labels)
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        print(f"dmae convert: error: {e}", file=sys.stderr)
-        return 1
+    # a CheckpointError (a ValueError) or OSError becomes one line and exit status 2 in `dmae_hf.cli.main`
+    model = convert(args.source, args.output_dir, name=args.name, push_to_hub=args.push_to_hub,
+                    private=args.private, preset=args.preset, num_heads=args.num_heads,
+                    decoder_num_heads=args.decoder_num_heads, normalization=args.normalization, sigma=args.sigma,
+                    num_labels=args.num_labels, labels=args.labels)
     params = sum(p.numel() for p in model.parameters())
     print(f"{type(model).__name__} ({params / 1e6:.2f}M parameters) written to {args.output_dir}"
           + (f" and pushed to {args.push_to_hub}" if args.push_to_hub else ""))
