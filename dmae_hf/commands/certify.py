@@ -3,8 +3,9 @@
     dmae certify --model DIR_OR_NAME --dataset /data/cifar10 --split test --max 500 --image-column img \\
         --n0 100 --n 10000 --alpha 0.001 --batch 1000 --seed 0 --out certify.tsv
 
-Run it again with the same arguments to resume a killed run; run it under `torchrun --nproc_per_node K -m dmae_hf
-certify ...` (or `accelerate launch`) to split the images over K processes. torchrun's own parser rejects `--n` and
+Run it again with the same arguments to resume a killed run; a second run on the same `--out` is refused while the
+first holds `LOG.lock`. The log is checked and locked before the model is loaded. Run it under `torchrun
+--nproc_per_node K -m dmae_hf certify ...` (or `accelerate launch`) to split the images over K processes. torchrun's own parser rejects `--n` and
 `--max` as ambiguous abbreviations of its options, so write their aliases `--N` and `--max-index` there.
 """
 
