@@ -1,5 +1,5 @@
 """`dmae certify` and `dmae predict` on real CIFAR-10 test images: the log format, resuming after SIGKILL, corrupt
-images, two processes under torchrun, and JSON predictions.
+images, two processes under torchrun (which own the log: a second run is refused), and JSON predictions.
 
 Subprocesses run with OMP_NUM_THREADS=1 (as torchrun sets it) to stay fast on a shared 2-core machine; the reference
 logs are written in-process with the default thread count, so the comparisons also cover thread-count independence.
@@ -106,15 +106,24 @@ def test_certify_resumes_after_sigkill(classifier_dir, data_dir, tmp_path):
 
 
 @pytest.mark.timeout(150)
-def test_two_processes_match_one(reference_log, classifier_dir, data_dir, tmp_path):
+def test_two_processes_match_one(reference_log, classifier_dir, data_dir, tmp_path, capsys):
     log = tmp_path / "two.tsv"
     args = certify_args(classifier_dir, data_dir / "cifar10", log)
     args[args.index("--max")] = "--max-index"  # torchrun's parser takes --max and --n for its own options
     args[args.index("--n")] = "--N"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "dmae_hf", *args, "--no-progress"]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(ACCELERATE_USE_CPU="1"), capture_output=True,
-                            text=True, timeout=140)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(ACCELERATE_USE_CPU="1"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock, deadline = log.with_name("two.tsv.lock"), time.time() + 100
+    while not (lock.exists() and lock.read_text().startswith("pid ")):  # rank 0 took the log (before its model)
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.01)
+    capsys.readouterr()
+    assert main(certify_args(classifier_dir, data_dir / "cifar10", log) + ["--no-progress"]) == 2  # a second run
+    assert f"{log} is in use by another run ({lock.read_text().strip()}" in capsys.readouterr().err
+    stdout, stderr = process.communicate(timeout=140)
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("certified 6 image(s)") == 2
     assert not shard_path(log, 0).exists() and not shard_path(log, 1).exists()
@@ -145,6 +154,7 @@ def test_two_processes_within_each_image_match_one(classifier_dir, data_dir, tmp
 def test_one_process_finishes_a_killed_two_process_run(reference_log, classifier_dir, data_dir, tmp_path, capsys):
     rows = reference_log.read_text().splitlines(keepends=True)
     log = tmp_path / "log.tsv"
+    (tmp_path / "log.tsv.json").write_text((reference_log.parent / "certify.tsv.json").read_text())  # its settings
     shard_path(log, 0).write_text(HEADER + "".join(rows[1:9:2]))  # rank 0 had done idx 0, 2, 4, 6
     shard_path(log, 1).write_text(HEADER + "".join(rows[2:6:2]) + rows[6][:5])  # rank 1: 1, 3, torn 5
     assert main(certify_args(classifier_dir, data_dir / "cifar10", log) + ["--no-progress"]) == 0
