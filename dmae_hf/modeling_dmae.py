@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
 from .configuration_dmae import DMAEConfig
+from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
 
 # A child of transformers' logger: its verbosity, handler and format apply (`transformers.logging.set_verbosity_*`).
 logger = hf_logging.get_logger(f"transformers.{__name__}")
@@ -788,7 +789,7 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
         return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
     @torch.no_grad()
-    def predict(self, pixel_values, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000, seed: int = 0,
+    def predict(self, pixel_values, n: int = N, alpha: float = ALPHA, batch_size: int = NOISE_BATCH, seed: int = SEED,
                 sigma: float | None = None, **kwargs):
         """Cohen et al.'s PREDICT for the smoothed classifier at `sigma` (default `config.smoothing_sigma`).
         See `dmae_hf.smoothing.predict`."""
@@ -799,8 +800,8 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
                        seed=seed, **kwargs)
 
     @torch.no_grad()
-    def certify(self, pixel_values, n0: int = 100, n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000,
-                seed: int = 0, sigma: float | None = None, **kwargs):
+    def certify(self, pixel_values, n0: int = N0, n: int = N, alpha: float = ALPHA, batch_size: int = NOISE_BATCH,
+                seed: int = SEED, sigma: float | None = None, **kwargs):
         """Cohen et al.'s CERTIFY for the smoothed classifier at `sigma` (default `config.smoothing_sigma`).
         See `dmae_hf.smoothing.certify`."""
         from .smoothing import certify

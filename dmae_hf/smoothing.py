@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import beta, binomtest, norm
 
+from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
 from .modeling_dmae import add_gaussian_noise, check_pixel_values
 
 NOISE_BLOCK = 256
@@ -354,7 +355,7 @@ def _prepare(base_classifier, x, sigma, alpha, batch_size, seed, autocast_dtype)
 
 # ---------------------------------------------------------------------------------------------------------- public API
 @torch.inference_mode()
-def predict(base_classifier, x, sigma, n=100_000, alpha=0.001, batch_size=1000, seed=0, *, autocast_dtype=None,
+def predict(base_classifier, x, sigma, n=N, alpha=ALPHA, batch_size=NOISE_BATCH, seed=SEED, *, autocast_dtype=None,
             progress=False, distributed=False):
     """Cohen et al.'s PREDICT: g(x), or abstain.
 
@@ -389,7 +390,7 @@ def predict(base_classifier, x, sigma, n=100_000, alpha=0.001, batch_size=1000, 
 
 
 @torch.inference_mode()
-def certify(base_classifier, x, sigma, n0=100, n=100_000, alpha=0.001, batch_size=1000, seed=0, *,
+def certify(base_classifier, x, sigma, n0=N0, n=N, alpha=ALPHA, batch_size=NOISE_BATCH, seed=SEED, *,
             autocast_dtype=None, method="cohen", progress=False, distributed=False, **method_kwargs):
     """Cohen et al.'s CERTIFY: a class and a certified L2 radius, or abstain.
 
