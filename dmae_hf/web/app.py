@@ -78,7 +78,7 @@ def read_image(path, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UP
     name = os.path.basename(path)
     size = os.path.getsize(path)
     if size > max_bytes:
-        raise UploadError(f"The file {name!r} is too large ({size / 1e6:.1f} MB, the limit is {max_bytes / 1e6:g} "
+        raise UploadError(f"The file {name!r} is too large ({size / 1e6:.3g} MB, the limit is {max_bytes / 1e6:.3g} "
                           "MB): upload a smaller image.")
     try:
         with warnings.catch_warnings():  # the pixel limit below is ours
@@ -191,7 +191,7 @@ class DemoResult:
         h, w = self.resolution
         confidence = f"{(1 - self.alpha) * 100:.4g}%"
         if self.abstained:
-            lines = [f"### Abstain",
+            lines = ["### Abstain",
                      f"The vote was not clear enough: the lower bound on pA, the probability that the model gives its "
                      f"most frequent class under noise, is {self.pA_lower:.4f} < 1/2, so no class and no radius are "
                      f"certified (sigma = {self.sigma:g})."]
@@ -204,7 +204,10 @@ class DemoResult:
                      f"over the sampling.",
                      f"At least {self.pA_lower:.1%} of noisy copies of the image (Gaussian noise of standard "
                      f"deviation sigma = {self.sigma:g} on every pixel) are classified as {self.label}; "
-                     f"r = sigma * PhiInv(pA's lower bound) (Cohen et al., 2019)."]
+                     f"r = sigma * PhiInv(pA's lower bound) (Cohen et al., 2019).",
+                     f"Below: the clean image, and beside it the image plus a perturbation of L2 norm "
+                     f"{self.perturbation_norm:.3f} (r in a random direction, clipped to [0, 1]), too small to change "
+                     "the prediction."]
         stopped = ""
         if self.method == "adaptive":
             targets = ", ".join(f"{t:g}" for t in self.target_radius or ())
@@ -392,8 +395,9 @@ def build_app(model: str = EMBEDDED_MODEL, models=None, max_bytes: int = MAX_UPL
     return app
 
 
-def launch(app, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs):
-    """Serve `app` (queue on, one certification at a time, uploads above `MAX_UPLOAD_BYTES` refused)."""
+def launch(app, host: str | None = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs):
+    """Serve `app` (queue on, one certification at a time, uploads above `MAX_UPLOAD_BYTES` refused). host or port
+    None: gradio's `$GRADIO_SERVER_NAME` / `$GRADIO_SERVER_PORT` (set by Spaces), else 127.0.0.1 / 7860."""
     return app.queue(default_concurrency_limit=1).launch(
         server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,
         allowed_paths=[str(ASSETS)], show_error=False, **kwargs)
