@@ -222,7 +222,8 @@ def test_browser_pushed_space_certifies_an_upload_and_rejects_a_non_image(tmp_pa
                "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
     server = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=app_env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    image, label = cifar_image(data_dir, 13)  # a real CIFAR-10 test image (a horse), not one of the bundled ones
+    image, label = cifar_image(data_dir, 27)  # a real CIFAR-10 test image (a horse), not one of the bundled ones
+    assert label == 7
     upload = tmp_path / "horse.png"
     image.save(upload)
     bad = tmp_path / "notes.png"
@@ -234,7 +235,7 @@ def test_browser_pushed_space_certifies_an_upload_and_rejects_a_non_image(tmp_pa
         wait_for_http(url, server, timeout=60)
         options = webdriver.ChromeOptions()
         for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                         "--window-size=1280,1600", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+                         "--window-size=1280,1350", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
             options.add_argument(argument)
         options.binary_location = CHROMIUM
         driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
@@ -258,7 +259,7 @@ def test_browser_pushed_space_certifies_an_upload_and_rejects_a_non_image(tmp_pa
             assert f"Prediction: {expected.label}" in text
             assert f"Certified L2 radius: {expected.radius:.3f}" in text and f"pA >= {expected.pA_lower:.4f}" in text
             assert "can change this prediction, with probability 1 - alpha = 99.9% over the sampling" in text
-        rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#histogram tr.vote"))
+        rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#histogram div.vote"))
         shown = {row.find_element(By.CLASS_NAME, "class-name").text: int(row.find_element(By.CLASS_NAME, "count").text)
                  for row in rows}
         assert shown == expected.counts
@@ -277,9 +278,17 @@ def test_browser_pushed_space_certifies_an_upload_and_rejects_a_non_image(tmp_pa
         message = "The file 'notes.png' is not an image that can be read"
         text = wait.until(lambda d: answer(d) if message in answer(d) else None)
         driver.find_element(By.ID, "certify").click()
-        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#histogram tr.vote"))
+        wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#histogram div.vote"))
         page = driver.find_element(By.TAG_NAME, "body").text
         assert message in answer(driver) and "Traceback" not in page and "File \"" not in page
+
+        # 5. a bundled example instead of an upload
+        example = next(b for b in driver.find_elements(By.TAG_NAME, "button") if b.text == "CIFAR-10: automobile")
+        example.click()
+        wait.until(lambda d: "Error" not in answer(d) and d.find_elements(By.CSS_SELECTOR, "#preview img"))
+        driver.find_element(By.ID, "certify").click()
+        text = wait.until(lambda d: answer(d) if "noisy samples" in answer(d) or "Error" in answer(d) else None)
+        assert "Prediction: automobile" in text, text
     finally:
         if driver is not None:
             driver.quit()

@@ -205,7 +205,7 @@ class DemoResult:
                      f"At least {self.pA_lower:.1%} of noisy copies of the image (Gaussian noise of standard "
                      f"deviation sigma = {self.sigma:g} on every pixel) are classified as {self.label}; "
                      f"r = sigma * PhiInv(pA's lower bound) (Cohen et al., 2019).",
-                     f"Below: the clean image, and beside it the image plus a perturbation of L2 norm "
+                     f"On the right: the clean image, and beside it the image plus a perturbation of L2 norm "
                      f"{self.perturbation_norm:.3f} (r in a random direction, clipped to [0, 1]), too small to change "
                      "the prediction."]
         stopped = ""
@@ -220,17 +220,19 @@ class DemoResult:
         return "\n\n".join(lines)
 
     def histogram_html(self) -> str:
-        """The votes per class as an HTML bar chart (one row per class, most votes first)."""
+        """The votes per class as HTML bars (one row per class, most votes first)."""
         total = max(1, sum(self.counts.values()))
         rows = []
         for name, count in sorted(self.counts.items(), key=lambda kv: -kv[1]):
             color = "#2e7d32" if name == self.label else "#9e9e9e"
             rows.append(
-                f'<tr class="vote"><td class="class-name" style="padding-right:8px">{html.escape(name)}</td>'
-                f'<td style="width:70%"><div style="background:{color};height:14px;width:{100 * count / total:.1f}%">'
-                f'</div></td><td class="count" style="text-align:right;padding-left:8px">{count}</td></tr>')
-        return (f'<div><b>Votes of the {total:,} estimation samples</b><table style="width:100%;font-size:13px">'
-                + "".join(rows) + "</table></div>")
+                '<div class="vote" style="display:flex;align-items:center;gap:8px;margin:2px 0">'
+                f'<span class="class-name" style="width:110px">{html.escape(name)}</span>'
+                f'<span style="flex:1"><span style="display:block;background:{color};height:12px;'
+                f'width:{100 * count / total:.1f}%"></span></span>'
+                f'<span class="count" style="width:50px;text-align:right">{count}</span></div>')
+        return (f'<div style="font-size:13px"><b>Votes of the {total:,} estimation samples</b>' + "".join(rows)
+                + "</div>")
 
 
 def _to_uint8(pixel_values):
@@ -320,7 +322,9 @@ def certify_image(image, model: str = EMBEDDED_MODEL, sigma: float | None = None
 INTRO = """# Certify an image with randomized smoothing
 Upload an image (or pick an example), choose the model and the sampling, and press **Certify**. The smoothed
 classifier votes over noisy copies of the image; the certificate is an L2 radius within which no change of the
-image can change its prediction (Cohen et al., 2019), computed with a DMAE model (Wu et al., ICLR 2023)."""
+image can change its prediction (Cohen et al., 2019), computed with a DMAE model (Wu et al., ICLR 2023). The embedded
+`dmae-tiny-cifar10` knows the 10 CIFAR-10 classes at 32x32 (photos are resized to that); for the ImageNet photos
+pick an ImageNet model (`dmae-vit-base-sigma0.25`, ...: downloaded from the Hub, slower on a CPU)."""
 
 
 def build_app(model: str = EMBEDDED_MODEL, models=None, max_bytes: int = MAX_UPLOAD_BYTES):
@@ -378,15 +382,18 @@ def build_app(model: str = EMBEDDED_MODEL, models=None, max_bytes: int = MAX_UPL
                                       label=f"method (adaptive: stop once radius {' / '.join(map(str, TARGET_RADII))}"
                                             " is certified or out of reach)")
                 button = gr.Button("Certify", variant="primary", elem_id="certify")
-        answer = gr.Markdown(elem_id="answer")
         with gr.Row():
-            histogram = gr.HTML(elem_id="histogram")
-            noisy = gr.Gallery(label="Noisy images the model saw (and its vote)", columns=3, height=280,
-                               elem_id="noisy")
-        with gr.Row():
-            clean = gr.Image(label="Clean image (as the model sees it)", interactive=False, elem_id="clean")
-            perturbed = gr.Image(label="Perturbed at the certified radius (random direction)", interactive=False,
-                                 elem_id="perturbed")
+            with gr.Column(scale=1):
+                answer = gr.Markdown(elem_id="answer")
+                histogram = gr.HTML(elem_id="histogram")
+            with gr.Column(scale=1):
+                noisy = gr.Gallery(label="Noisy images the model saw (and its vote)", columns=3, rows=2, height=260, object_fit="contain",
+                                   elem_id="noisy")
+                with gr.Row():
+                    clean = gr.Image(label="Clean (as the model sees it)", interactive=False, height=220,
+                                     elem_id="clean")
+                    perturbed = gr.Image(label="Perturbed by r (a random direction)",
+                                         interactive=False, height=220, elem_id="perturbed")
 
         upload.change(on_upload, inputs=upload, outputs=[preview, answer])
         model_box.change(on_model, inputs=model_box, outputs=[sigma_box, answer])
