@@ -6,7 +6,6 @@ pushed `app.py` on a loopback port and drives a headless Chromium (Selenium, the
 `-k "not browser"`. `DMAE_WEB_SCREENSHOT=docs/web-demo.png` saves the page after the certification there.
 """
 
-import json
 import os
 import shutil
 import socket
@@ -44,7 +43,7 @@ def cifar_image(data_dir, row):
 
 # --------------------------------------------------------------------------------------------- the plain function
 def test_certify_image_gives_the_certificate_the_page_shows(data_dir, tmp_path):
-    image, label = cifar_image(data_dir, 25)
+    image, _ = cifar_image(data_dir, 25)
     path = tmp_path / "upload.png"
     image.save(path)
     result = certify_image(path)
@@ -242,7 +241,7 @@ def test_browser_pushed_space_certifies_an_upload_and_rejects_a_non_image(tmp_pa
         driver.get(url)
         wait = WebDriverWait(driver, 60)
         file_input = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
-        answer = lambda d: d.find_element(By.ID, "answer").text  # noqa: E731
+        answer = lambda d: d.find_element(By.ID, "answer").text
 
         # 3. upload the CIFAR-10 image and certify it
         start = time.perf_counter()

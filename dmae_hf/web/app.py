@@ -132,7 +132,7 @@ def model_sigma(model: str) -> float:
 
 def _pixel_values(certifier, image):
     """The image as the model's (3, S, S) [0, 1] input, through the pipeline's own preprocessing."""
-    from PIL import ImageOps
+    from PIL import Image, ImageOps
 
     size = certifier.model.config.image_size
     inputs = certifier.preprocess(image)
@@ -140,7 +140,7 @@ def _pixel_values(certifier, image):
         raise UploadError(inputs["error"])
     pixel_values = inputs["pixel_values"][0]
     if tuple(pixel_values.shape[-2:]) != (size, size):  # a pipeline that does not resize: shortest edge, center crop
-        inputs = certifier.preprocess(ImageOps.fit(image, (size, size), method=3))  # 3 = bicubic
+        inputs = certifier.preprocess(ImageOps.fit(image, (size, size), method=Image.BICUBIC))
         pixel_values = inputs["pixel_values"][0]
     return pixel_values
 
