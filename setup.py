@@ -29,9 +29,10 @@ setup(
     ],
     extras_require={
         "train": ["kornia>=0.7,<1"],
+        "demo": ["gradio>=6,<7"],  # dmae serve, spaces/dmae-certify
         # bounded at the next major: a new pytest (9.2) once broke the suite on a fresh machine
         "test": ["pytest>=8,<10", "pytest-timeout>=2.2,<3", "pytest-xdist>=3.5,<4", "evaluate>=0.4,<0.5",
-                 "kornia>=0.7,<1"],
+                 "kornia>=0.7,<1", "gradio>=6,<7", "selenium>=4.20,<5"],
         "dev": ["pytest>=8,<10", "pytest-timeout>=2.2,<3", "pytest-xdist>=3.5,<4", "evaluate>=0.4,<0.5",
                 "kornia>=0.7,<1", "ruff>=0.6,<1"],
     },
