@@ -131,18 +131,11 @@ def model_sigma(model: str) -> float:
 
 
 def _pixel_values(certifier, image):
-    """The image as the model's (3, S, S) [0, 1] input, through the pipeline's own preprocessing."""
-    from PIL import Image, ImageOps
-
-    size = certifier.model.config.image_size
+    """The image as the model's (3, S, S) [0, 1] input, through the pipeline's own preprocessing (which resizes)."""
     inputs = certifier.preprocess(image)
     if "error" in inputs:
         raise UploadError(inputs["error"])
-    pixel_values = inputs["pixel_values"][0]
-    if tuple(pixel_values.shape[-2:]) != (size, size):  # a pipeline that does not resize: shortest edge, center crop
-        inputs = certifier.preprocess(ImageOps.fit(image, (size, size), method=Image.BICUBIC))
-        pixel_values = inputs["pixel_values"][0]
-    return pixel_values
+    return inputs["pixel_values"][0]
 
 
 def _check_number(name, value, integer=False, low=None, high=None):
