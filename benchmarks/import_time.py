@@ -13,6 +13,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def median_time(code: str, repo: Path, repeats: int) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], env=env, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+                       stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir())  # not the checkout: --repo decides
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
