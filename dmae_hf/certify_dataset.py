@@ -421,9 +421,12 @@ def load_examples(dataset: str, split: str, image_column: str | None, label_colu
     return ds, image_column, num_rows
 
 
-def decode_image(value):
-    """A dataset cell (PIL image, `{"bytes", "path"}`, bytes, path or array) -> a decoded image; `ValueError` if not."""
+def decode_image(value, max_pixels=None):
+    """A dataset cell (PIL image, `{"bytes", "path"}`, bytes, path or array) -> a decoded image; `ValueError` if not,
+    or if it has more than `max_pixels` pixels (read from the header, before its pixels are decoded)."""
     from PIL import Image
+
+    from .pipeline_dmae import check_image_size
 
     try:
         if isinstance(value, dict):
@@ -433,6 +436,7 @@ def decode_image(value):
         elif isinstance(value, (str, os.PathLike)):
             value = Image.open(value)
         if isinstance(value, Image.Image):
+            check_image_size(*value.size, max_pixels)
             value.load()
         elif value is None:
             raise ValueError("no image data")
@@ -597,7 +601,7 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
                 summary["already_done"] += 1
                 continue
             try:
-                pixel_values = pipe.preprocess(decode_image(example[image_column]))["pixel_values"]
+                pixel_values = pipe.preprocess(decode_image(example[image_column], pipe.max_pixels))["pixel_values"]
             except ValueError as error:
                 print(f"warning: skipping idx {idx}: unreadable image ({error})", file=sys.stderr, flush=True)
                 summary["skipped_corrupt"] += 1

@@ -44,7 +44,7 @@ from .configuration_dmae import (
     DMAEConfig,
 )
 from .image_processing_dmae import DMAEImageProcessor
-from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification
+from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification, non_finite_tensors
 
 # Heads by encoder width in the official models (ViT-B 768/12, ViT-L 1024/16, ViT-H 1280/16) and the decoder (512/16).
 OFFICIAL_HEADS = {768: 12, 1024: 16, 1280: 16}
@@ -187,7 +187,7 @@ def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict | None]:
 def check_finite(state: dict, source: str = "checkpoint") -> None:
     """Refuse floating-point tensors holding NaN or Inf, naming them: such a model outputs NaN, which no
     certificate may be built on."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite_tensors(state.items())
     if bad:
         raise CheckpointError(f"The {source} has {len(bad)} tensor(s) with NaN or Inf values: {bad[:10]}"
                               f"{' ...' if len(bad) > 10 else ''}. Convert a checkpoint saved before training "

@@ -349,6 +349,14 @@ def run_layers(layers, hidden_states, output_hidden_states=False, output_attenti
     return hidden_states, all_hidden_states, all_attentions
 
 
+def non_finite_tensors(named_tensors) -> list[str]:
+    """Names of the floating-point tensors of `(name, tensor)` pairs that hold NaN or Inf (meta tensors skipped).
+
+    A model with such weights outputs NaN, and no certificate may rest on it: loading and conversion refuse them."""
+    return [name for name, tensor in named_tensors
+            if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()]
+
+
 class DMAEPreTrainedModel(PreTrainedModel):
     config: DMAEConfig
     config_class = DMAEConfig
@@ -361,6 +369,19 @@ class DMAEPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, refusing a checkpoint with NaN or Inf weights (corrupt, or saved after
+        training diverged) with a `ValueError` that names the tensors."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        bad = non_finite_tensors(model.state_dict().items())
+        if bad:
+            raise ValueError(f"{pretrained_model_name_or_path}: {len(bad)} weight tensor(s) hold NaN or Inf values: "
+                             f"{bad[:10]}{' ...' if len(bad) > 10 else ''}. The checkpoint is corrupt or was saved "
+                             "after training diverged; load an earlier one.")
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -818,6 +839,7 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
 
 
 __all__ = [
+    "non_finite_tensors",
     "DMAEPreTrainedModel",
     "DMAEModel",
     "DMAEForPreTraining",

@@ -5,9 +5,11 @@ certify."""
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
+from transformers import AutoModelForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from dmae_hf import DMAEConfig, DMAEForSmoothedClassification
@@ -210,17 +212,20 @@ def test_nan_config_never_builds_a_model(tmp_path):
 
 @pytest.mark.parametrize("weight, rows", [("classifier.weight", slice(3, 4)), ("dmae.layers.0.layernorm_before.weight",
                                                                                   slice(None))])
-def test_nan_weights_loaded_by_from_pretrained_never_certify(tmp_path, weight, rows):
-    """One class's head row NaN (argmax would vote for that class every time), or a NaN LayerNorm (all logits)."""
+def test_nan_weights_are_refused_by_from_pretrained_and_never_certify(tmp_path, weight, rows):
+    """One class's head row NaN (argmax would vote for that class every time), or a NaN LayerNorm (all logits): the
+    saved checkpoint does not load (the tensor is named), and the model in memory never certifies."""
     torch.manual_seed(0)
     model = DMAEForSmoothedClassification(DMAEConfig.from_preset("tiny", num_labels=10)).eval()
     with torch.no_grad():
         model.get_parameter(weight)[rows] = NAN
     model.save_pretrained(tmp_path)
-    loaded = DMAEForSmoothedClassification.from_pretrained(tmp_path).eval()
-    assert torch.isnan(loaded.get_parameter(weight)).any()
+    with pytest.raises(ValueError, match=rf"1 weight tensor\(s\) hold NaN or Inf values: \['{re.escape(weight)}'\]"):
+        DMAEForSmoothedClassification.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(weight)):
+        AutoModelForImageClassification.from_pretrained(tmp_path)
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"non-finite logits .*forward batch 1 \(of 10 noisy samples\)"):
-        loaded.certify(image, n0=10, n=50, alpha=0.01)
+        model.certify(image, n0=10, n=50, alpha=0.01)
     with pytest.raises(ValueError, match="non-finite logits"):
-        loaded.predict(image, n=50, alpha=0.01)
+        model.predict(image, n=50, alpha=0.01)

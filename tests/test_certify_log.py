@@ -223,3 +223,23 @@ def test_lock_survives_a_finished_run_only_as_a_record(tmp_path, classifier_dir,
     assert main(args[:-2] + [str(again), "--no-progress"]) == 0
     assert without_time(again) == without_time(out)
     assert json.loads((tmp_path / "log.tsv.json").read_text())["n"] == 50
+
+
+def test_dataset_images_above_max_pixels_are_refused_before_decoding(monkeypatch):
+    """`dmae certify` reads each dataset cell with `decode_image(cell, pipe.max_pixels)`: the size comes from the
+    header, and an oversized image is refused (and skipped with a warning) before its pixels are decoded."""
+    import io as _io
+
+    from PIL import Image
+
+    from dmae_hf.certify_dataset import decode_image
+
+    buffer = _io.BytesIO()
+    Image.new("RGB", (120, 100)).save(buffer, format="PNG")
+    cell = {"bytes": buffer.getvalue(), "path": None}
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size))
+    with pytest.raises(ValueError, match=r"120x100 = 0.0 megapixels, more than max_pixels = 10,000"):
+        decode_image(cell, max_pixels=10_000)
+    assert decoded == []  # refused from the header alone
+    assert decode_image(cell, max_pixels=12_000).size == (120, 100) and decoded  # within the limit: decoded
