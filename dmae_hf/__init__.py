@@ -24,7 +24,7 @@ _EXPORTS = {
     "DMAEPreTrainedModel": "modeling_dmae",
     "DMAEForPreTraining": "modeling_dmae",
     "DMAEForSmoothedClassification": "modeling_dmae",
-    "add_gaussian_noise": "modeling_dmae",
+    "add_gaussian_noise": "smoothing",
     "RandomizedSmoothingPipeline": "pipeline_dmae",
     "SHORT_NAMES": "hub_names",
 }

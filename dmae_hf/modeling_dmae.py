@@ -21,6 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from .configuration_dmae import DMAEConfig
 from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
+from .smoothing import add_gaussian_noise, certify, predict
 
 # A child of transformers' logger: its verbosity, handler and format apply (`transformers.logging.set_verbosity_*`).
 logger = hf_logging.get_logger(f"transformers.{__name__}")
@@ -52,21 +53,6 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, add_cls_token: bool 
     if add_cls_token:
         table = np.concatenate([np.zeros([1, embed_dim]), table], axis=0)
     return torch.from_numpy(table).float().unsqueeze(0)
-
-
-def add_gaussian_noise(
-    pixel_values: torch.Tensor,
-    sigma: float,
-    generator: torch.Generator | None = None,
-    out: torch.Tensor | None = None,
-):
-    """`x + N(0, sigma^2 I)` drawn in float32 in [0, 1] pixel space: the one noise sampler of the package.
-
-    `out` (float32, shape of `pixel_values`, e.g. a slice of a batch buffer) receives the result without a copy.
-    """
-    noise = torch.randn(pixel_values.shape, generator=generator, device=pixel_values.device, dtype=torch.float32,
-                        out=out)
-    return noise.mul_(sigma).add_(pixel_values.float())
 
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, clean: bool) -> None:
@@ -814,8 +800,6 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
                 sigma: float | None = None, **kwargs):
         """Cohen et al.'s PREDICT for the smoothed classifier at `sigma` (default `config.smoothing_sigma`).
         See `dmae_hf.smoothing.predict`."""
-        from .smoothing import predict
-
         sigma = self.config.smoothing_sigma if sigma is None else sigma
         return predict(self.base_classifier, pixel_values, sigma=sigma, n=n, alpha=alpha, batch_size=batch_size,
                        seed=seed, **kwargs)
@@ -825,8 +809,6 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
                 seed: int = SEED, sigma: float | None = None, **kwargs):
         """Cohen et al.'s CERTIFY for the smoothed classifier at `sigma` (default `config.smoothing_sigma`).
         See `dmae_hf.smoothing.certify`."""
-        from .smoothing import certify
-
         sigma = self.config.smoothing_sigma if sigma is None else sigma
         return certify(self.base_classifier, pixel_values, sigma=sigma, n0=n0, n=n, alpha=alpha,
                        batch_size=batch_size, seed=seed, **kwargs)
@@ -844,6 +826,5 @@ __all__ = [
     "DMAEModel",
     "DMAEForPreTraining",
     "DMAEForSmoothedClassification",
-    "add_gaussian_noise",
     "get_2d_sincos_pos_embed",
 ]

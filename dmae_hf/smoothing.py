@@ -34,7 +34,6 @@ import torch
 from scipy.stats import beta, binomtest, norm
 
 from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
-from .modeling_dmae import add_gaussian_noise, check_pixel_values
 
 NOISE_BLOCK = 256
 _SELECTION, _ESTIMATION, _PREDICT = 0, 1, 2
@@ -114,6 +113,22 @@ def look_schedule(n: int, first_look: int = 1000) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------------------------- noise
+def add_gaussian_noise(
+    pixel_values: torch.Tensor,
+    sigma: float,
+    generator: torch.Generator | None = None,
+    out: torch.Tensor | None = None,
+):
+    """`x + N(0, sigma^2 I)` drawn in float32 in [0, 1] pixel space: the one noise sampler of the package
+    (DMAE pre-training and noisy fine-tuning in `modeling_dmae` use it too).
+
+    `out` (float32, shape of `pixel_values`, e.g. a slice of a batch buffer) receives the result without a copy.
+    """
+    noise = torch.randn(pixel_values.shape, generator=generator, device=pixel_values.device, dtype=torch.float32,
+                        out=out)
+    return noise.mul_(sigma).add_(pixel_values.float())
+
+
 def _mix(*values: int) -> int:
     """SplitMix64 chained over the values: a fixed, hash-free seed for a (seed, stage, block) triple."""
     z = 0
@@ -334,7 +349,10 @@ def _prepare(base_classifier, x, sigma, alpha, batch_size, seed, autocast_dtype)
     x = x.unsqueeze(0) if single else x
     if x.shape[0] == 0:
         raise ValueError("x is an empty batch.")
-    check_pixel_values(x, num_channels=x.shape[1], clean=True)
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor of [0, 1] pixels, got dtype {x.dtype}.")
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or Inf values.")
     lo, hi = x.min().item(), x.max().item()
     if lo < 0 or hi > 1:
         raise ValueError(f"x must be in [0, 1] pixel space (got values in [{lo:.3g}, {hi:.3g}]).")
