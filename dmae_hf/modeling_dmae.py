@@ -55,6 +55,24 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, add_cls_token: bool 
     return torch.from_numpy(table).float().unsqueeze(0)
 
 
+def pos_grid_size(pos_table: torch.Tensor) -> int:
+    """Side of the square patch grid of a `(1, 1 + grid**2, D)` position table (CLS row first)."""
+    return int(math.sqrt(pos_table.shape[1] - 1))
+
+
+def interpolate_pos_table(pos_table: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A `(1, 1 + grid**2, D)` position table (CLS row first) for a `rows` x `cols` patch grid: the table itself when
+    the grid is its own, else its patch rows resized bicubically (align_corners=False, in float32), CLS row kept.
+    The encoder's and the decoder's tables both go through here."""
+    grid = pos_grid_size(pos_table)
+    if (rows, cols) == (grid, grid):
+        return pos_table
+    patch_pos = pos_table[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=(rows, cols), mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.to(pos_table.dtype).permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+    return torch.cat([pos_table[:, :1], patch_pos], dim=1)
+
+
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, clean: bool) -> None:
     """Raise a `ValueError` for inputs no DMAE model accepts.
 
@@ -85,6 +103,30 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, clean: boo
                 f"pixel_values must be in [0, 1] pixel space (got values in [{lo:.3g}, {hi:.3g}]). DMAE models "
                 "normalise inside the model: pass images rescaled by 1/255 and not normalised."
             )
+
+
+def noisy_copies(
+    pixel_values: torch.Tensor, sigma: float, num_copies: int = 1, pixel_noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`num_copies` noisy copies of a batch of clean [0, 1] images, copy-major (`x.repeat(m, 1, 1, 1)`, the layout
+    of `consistency_loss`), in float32: `x + pixel_noise` when the perturbation is given (zeros for none), else
+    `x + N(0, sigma^2 I)` drawn by `add_gaussian_noise`. Pre-training takes one copy, noisy fine-tuning m."""
+    repeated = pixel_values if num_copies == 1 else pixel_values.repeat(num_copies, 1, 1, 1)
+    if pixel_noise is None:
+        return add_gaussian_noise(repeated, sigma)
+    if pixel_noise.shape != repeated.shape:
+        copies = f"{num_copies} copies of pixel_values, copy-major" if num_copies > 1 else "that of pixel_values"
+        raise ValueError(f"pixel_noise must have shape {tuple(repeated.shape)} ({copies}), "
+                         f"got {tuple(pixel_noise.shape)}.")
+    return repeated.float() + pixel_noise.float()
+
+
+def refuse_renamed_arguments(kwargs: dict) -> None:
+    """`noise=` (the masking noise) is now `mask_noise=`, beside `pixel_noise=`: the forwards take `**kwargs` (for
+    `Trainer`), which would silently drop it and draw a random mask, so it is refused by name instead."""
+    if "noise" in kwargs:
+        raise TypeError("forward() got an unexpected keyword argument 'noise': the masking noise is now "
+                        "`mask_noise=` (the Gaussian perturbation is `pixel_noise=`).")
 
 
 @dataclass
@@ -161,30 +203,24 @@ class DMAEEmbeddings(nn.Module):
         )
 
     def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
-        """Position table for a `height` x `width` input: the patch grid resized bicubically (CLS row kept)."""
-        pos = self.position_embeddings
-        grid = int(math.sqrt(pos.shape[1] - 1))
-        new_h, new_w = height // self.config.patch_size, width // self.config.patch_size
-        if (new_h, new_w) == (grid, grid):
-            return pos
-        patch_pos = pos[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos.float(), size=(new_h, new_w), mode="bicubic", align_corners=False)
-        patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, new_h * new_w, -1)
-        return torch.cat([pos[:, :1], patch_pos], dim=1)
+        """Position table for a `height` x `width` input (see `interpolate_pos_table`)."""
+        patch = self.config.patch_size
+        return interpolate_pos_table(self.position_embeddings, height // patch, width // patch)
 
-    def random_masking(self, sequence: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
-        """Per-sample random masking by argsort of uniform noise (MAE): the `len_keep` smallest noises are kept.
+    def random_masking(self, sequence: torch.Tensor, mask_ratio: float, mask_noise: torch.Tensor | None = None):
+        """Per-sample random masking by argsort of uniform `mask_noise` (MAE): the `len_keep` smallest are kept.
 
         Returns the kept tokens `(B, len_keep, D)`, the binary mask `(B, L)` (0 keep, 1 remove) in the original
         order, and `ids_restore` `(B, L)`. `len_keep = int(L * (1 - mask_ratio))`.
         """
         batch_size, seq_length, dim = sequence.shape
         len_keep = int(seq_length * (1 - mask_ratio))
-        if noise is None:
-            noise = torch.rand(batch_size, seq_length, device=sequence.device)
-        elif noise.shape != (batch_size, seq_length):
-            raise ValueError(f"Masking noise must have shape {(batch_size, seq_length)}, got {tuple(noise.shape)}.")
-        ids_shuffle = torch.argsort(noise, dim=1)
+        if mask_noise is None:
+            mask_noise = torch.rand(batch_size, seq_length, device=sequence.device)
+        elif mask_noise.shape != (batch_size, seq_length):
+            raise ValueError(f"Masking noise (mask_noise) must have shape {(batch_size, seq_length)}, "
+                             f"got {tuple(mask_noise.shape)}.")
+        ids_shuffle = torch.argsort(mask_noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         ids_keep = ids_shuffle[:, :len_keep]
         kept = torch.gather(sequence, dim=1, index=ids_keep.unsqueeze(-1).expand(-1, -1, dim))
@@ -197,7 +233,7 @@ class DMAEEmbeddings(nn.Module):
         self,
         pixel_values: torch.Tensor,
         mask_ratio: float | None = None,
-        noise: torch.Tensor | None = None,
+        mask_noise: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
     ):
         height, width = pixel_values.shape[-2:]
@@ -211,7 +247,7 @@ class DMAEEmbeddings(nn.Module):
         embeddings = embeddings + pos[:, 1:]
         mask = ids_restore = None
         if mask_ratio is not None:
-            embeddings, mask, ids_restore = self.random_masking(embeddings, mask_ratio, noise)
+            embeddings, mask, ids_restore = self.random_masking(embeddings, mask_ratio, mask_noise)
         cls_tokens = (self.cls_token + pos[:, :1]).expand(embeddings.shape[0], -1, -1)
         return torch.cat([cls_tokens, embeddings], dim=1), mask, ids_restore
 
@@ -392,12 +428,12 @@ class DMAEPreTrainedModel(PreTrainedModel):
             init.zeros_(module.projection.bias)
         elif isinstance(module, DMAEEmbeddings):
             init.normal_(module.cls_token, std=self.config.initializer_range)
-            grid = int(math.sqrt(module.position_embeddings.shape[1] - 1))
-            init.copy_(module.position_embeddings, get_2d_sincos_pos_embed(module.position_embeddings.shape[-1], grid))
+            table = module.position_embeddings
+            init.copy_(table, get_2d_sincos_pos_embed(table.shape[-1], pos_grid_size(table)))
         elif isinstance(module, DMAEDecoder):
             init.normal_(module.mask_token, std=self.config.initializer_range)
-            grid = int(math.sqrt(module.decoder_pos_embed.shape[1] - 1))
-            init.copy_(module.decoder_pos_embed, get_2d_sincos_pos_embed(module.decoder_pos_embed.shape[-1], grid))
+            table = module.decoder_pos_embed
+            init.copy_(table, get_2d_sincos_pos_embed(table.shape[-1], pos_grid_size(table)))
 
     def preprocess_pixels(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """[0,1] pixels -> model input: bicubic resize to `image_size` when needed (unless
@@ -437,7 +473,7 @@ class DMAEModel(DMAEPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         mask_ratio: float | None = None,
-        noise: torch.Tensor | None = None,
+        mask_noise: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
@@ -449,9 +485,10 @@ class DMAEModel(DMAEPreTrainedModel):
             Images in [0, 1] pixel space (noise, if any, already added). Resized and normalised inside.
         mask_ratio (`float`, *optional*):
             When given, keep only `int(L * (1 - mask_ratio))` random patches (pre-training); `None` keeps all.
-        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+        mask_noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
             Uniform noise that decides the masking (argsort, smallest kept), for reproducible masks.
         """
+        refuse_renamed_arguments(kwargs)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -462,7 +499,7 @@ class DMAEModel(DMAEPreTrainedModel):
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
 
         pixel_values = self.preprocess_pixels(pixel_values, interpolate_pos_encoding)
-        embeddings, mask, ids_restore = self.embeddings(pixel_values, mask_ratio, noise, interpolate_pos_encoding)
+        embeddings, mask, ids_restore = self.embeddings(pixel_values, mask_ratio, mask_noise, interpolate_pos_encoding)
         hidden_states, all_hidden_states, all_attentions = run_layers(
             self.layers, embeddings, output_hidden_states, output_attentions
         )
@@ -498,14 +535,9 @@ class DMAEDecoder(nn.Module):
         self.decoder_pred = nn.Linear(dim, config.patch_size**2 * config.num_channels)
 
     def interpolate_pos_encoding(self, num_patches: int) -> torch.Tensor:
-        pos = self.decoder_pos_embed
-        if num_patches == pos.shape[1] - 1:
-            return pos
-        grid, new = int(math.sqrt(pos.shape[1] - 1)), int(math.sqrt(num_patches))
-        patch_pos = pos[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos.float(), size=(new, new), mode="bicubic", align_corners=False)
-        patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, new * new, -1)
-        return torch.cat([pos[:, :1], patch_pos], dim=1)
+        """Position table for a square grid of `num_patches` patches (see `interpolate_pos_table`)."""
+        side = int(math.sqrt(num_patches))
+        return interpolate_pos_table(self.decoder_pos_embed, side, side)
 
     def forward(self, hidden_states: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         x = self.decoder_embed(hidden_states)
@@ -575,7 +607,7 @@ class DMAEForPreTraining(DMAEPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        noise: torch.Tensor | None = None,
+        mask_noise: torch.Tensor | None = None,
         pixel_noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
         interpolate_pos_encoding: bool = False,
@@ -587,27 +619,22 @@ class DMAEForPreTraining(DMAEPreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Clean images in [0, 1] pixel space.
-        noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
+        mask_noise (`torch.FloatTensor` of shape `(batch_size, num_patches)`, *optional*):
             Uniform noise that decides the random masking (argsort; the smallest values are kept).
         pixel_noise (`torch.FloatTensor` shaped like `pixel_values`, *optional*):
             The additive perturbation itself; defaults to `N(0, noise_sigma^2)`. Pass zeros for plain MAE.
         mask_ratio (`float`, *optional*): overrides `config.mask_ratio`.
         """
+        refuse_renamed_arguments(kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         check_pixel_values(pixel_values, self.config.num_channels, clean=True)
-        if pixel_noise is None:
-            noisy = add_gaussian_noise(pixel_values, self.config.noise_sigma)
-        elif pixel_noise.shape != pixel_values.shape:
-            raise ValueError(f"pixel_noise must match pixel_values {tuple(pixel_values.shape)}, "
-                             f"got {tuple(pixel_noise.shape)}.")
-        else:
-            noisy = pixel_values.float() + pixel_noise.float()
+        noisy = noisy_copies(pixel_values, self.config.noise_sigma, pixel_noise=pixel_noise)
         mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
 
         outputs = self.dmae(
             noisy,
             mask_ratio=mask_ratio,
-            noise=noise,
+            mask_noise=mask_noise,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
@@ -743,14 +770,7 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
         m = self.config.num_noise_samples if noisy_training else 1
         inputs = pixel_values
         if noisy_training:
-            repeated = pixel_values.repeat(m, 1, 1, 1)
-            if pixel_noise is None:
-                inputs = add_gaussian_noise(repeated, self.config.smoothing_sigma)
-            elif pixel_noise.shape != repeated.shape:
-                raise ValueError(f"pixel_noise must have shape {tuple(repeated.shape)} (m = {m} copies), "
-                                 f"got {tuple(pixel_noise.shape)}.")
-            else:
-                inputs = repeated.float() + pixel_noise.float()
+            inputs = noisy_copies(pixel_values, self.config.smoothing_sigma, m, pixel_noise)
 
         logits, outputs = self._logits(
             inputs,

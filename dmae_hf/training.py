@@ -505,7 +505,7 @@ def save_reconstruction(model, pixel_values: torch.Tensor, path: str, num_images
     gen = torch.Generator(device=x.device).manual_seed(seed)
     noisy = add_gaussian_noise(x, model.config.noise_sigma, generator=gen)
     mask_noise = torch.rand(x.shape[0], model.config.num_patches, generator=gen, device=x.device)
-    out = model(x, noise=mask_noise, pixel_noise=noisy - x)
+    out = model(x, mask_noise=mask_noise, pixel_noise=noisy - x)
     target = model.preprocess_pixels(x)
     pred = out.logits.float()
     if model.config.norm_pix_loss:

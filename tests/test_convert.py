@@ -187,7 +187,7 @@ def test_pretraining_conversion_matches_the_official_forward(tmp_path, shape):
     length = (dims["image"] // dims["patch"]) ** 2
     mask_noise = torch.rand(1, length, generator=gen)
     with torch.no_grad():
-        out = model(clean, noise=mask_noise, pixel_noise=pixel_noise)
+        out = model(clean, mask_noise=mask_noise, pixel_noise=pixel_noise)
         ref_pred, ref_loss, ref_mask = ref_pretraining(sd, clean, pixel_noise, mask_noise, heads, dec_heads,
                                                        IMAGENET, dims["image"])
         features = model.dmae(clean).last_hidden_state
@@ -203,7 +203,7 @@ def test_pretraining_conversion_matches_the_official_forward(tmp_path, shape):
         "README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     reloaded = DMAEForPreTraining.from_pretrained(out_dir).eval()
     with torch.no_grad():
-        again = reloaded(clean, noise=mask_noise, pixel_noise=pixel_noise)
+        again = reloaded(clean, mask_noise=mask_noise, pixel_noise=pixel_noise)
     assert torch.equal(again.logits, out.logits)
     processor = json.loads((out_dir / "preprocessor_config.json").read_text())
     assert processor["crop_size"] == 224 and processor["resize_shortest_edge"] == 256
@@ -275,7 +275,7 @@ def test_vit_mae_conversion_matches_transformers(tmp_path, style):
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
     with torch.no_grad():
         ref = hf(pixel_values=(clean - mean) / std, noise=mask_noise)
-        out = model(clean, noise=mask_noise, pixel_noise=torch.zeros_like(clean))
+        out = model(clean, mask_noise=mask_noise, pixel_noise=torch.zeros_like(clean))
     assert torch.equal(out.mask, ref.mask)
     assert (out.logits - ref.logits).abs().max() <= TOL
     assert abs(out.loss.item() - ref.loss.item()) <= TOL  # masked-patch loss, as ViTMAE's

@@ -95,7 +95,7 @@ def reference_pretraining_loss(model, clean, pixel_noise, mask_noise):
     n, c, h, w = clean.shape
     target = ((clean - mean) / std).reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(n, -1, p * p * c)
     target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True, unbiased=True) + 1e-6).sqrt()
-    out = model(clean, noise=mask_noise, pixel_noise=pixel_noise)
+    out = model(clean, mask_noise=mask_noise, pixel_noise=pixel_noise)
     return ((out.logits - target) ** 2).mean(), out
 
 
@@ -118,14 +118,14 @@ def test_pretraining_loss_matches_the_paper_and_encoder_sees_len_keep_tokens():
     other, _ = reference_pretraining_loss(model, clean, torch.zeros_like(clean), mask_noise)
     assert not torch.isclose(other, expected)
     # same noise and mask -> the same forward pass exactly
-    again = model(clean, noise=mask_noise, pixel_noise=pixel_noise)
+    again = model(clean, mask_noise=mask_noise, pixel_noise=pixel_noise)
     assert torch.equal(again.logits, out.logits)
 
 
 def test_mae_loss_option_averages_masked_patches_only():
     model = DMAEForPreTraining(tiny(loss_on_all_patches=False, norm_pix_loss=False)).eval()
     clean, mask_noise = torch.rand(2, 3, 32, 32), torch.rand(2, 16)
-    out = model(clean, noise=mask_noise, pixel_noise=torch.zeros_like(clean))
+    out = model(clean, mask_noise=mask_noise, pixel_noise=torch.zeros_like(clean))
     mean = torch.tensor(model.config.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(model.config.image_std).view(1, 3, 1, 1)
     target = model.patchify((clean - mean) / std)
@@ -199,8 +199,8 @@ def test_round_trip_through_auto_classes_in_safetensors(tmp_path):
     loaded = AutoModelForPreTraining.from_pretrained(tmp_path / "pt")
     noise = torch.rand(2, 16)
     pixel_noise = torch.randn_like(x) * 0.25
-    assert torch.equal(loaded(x, noise=noise, pixel_noise=pixel_noise).logits,
-                       pretrain(x, noise=noise, pixel_noise=pixel_noise).logits)
+    assert torch.equal(loaded(x, mask_noise=noise, pixel_noise=pixel_noise).logits,
+                       pretrain(x, mask_noise=noise, pixel_noise=pixel_noise).logits)
     encoder = AutoModel.from_pretrained(tmp_path / "pt")
     assert type(encoder) is DMAEModel
     assert torch.equal(encoder(x).last_hidden_state, pretrain.dmae(x).last_hidden_state)
@@ -258,7 +258,7 @@ def test_small_input_is_resized_after_the_noise():
     model.dmae.embeddings.patch_embeddings.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
     clean = torch.rand(2, 3, 32, 32)
     pixel_noise = 0.5 * torch.randn_like(clean)
-    model(clean, noise=torch.rand(2, 64), pixel_noise=pixel_noise)
+    model(clean, mask_noise=torch.rand(2, 64), pixel_noise=pixel_noise)
     mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(config.image_std).view(1, 3, 1, 1)
     resized = F.interpolate(clean + pixel_noise, size=(64, 64), mode="bicubic", align_corners=False)
@@ -311,7 +311,7 @@ def test_bad_arguments_raise_value_errors():
     with pytest.raises(ValueError, match="pixel_noise"):
         model(x, pixel_noise=torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="Masking noise"):
-        model(x, noise=torch.rand(1, 5))
+        model(x, mask_noise=torch.rand(1, 5))
     classifier = DMAEForSmoothedClassification(tiny()).train()
     with pytest.raises(ValueError, match="Labels must be in"):
         classifier(x, labels=torch.tensor([10]))
