@@ -463,22 +463,23 @@ def certify(base_classifier, x, sigma, n0=N0, n=N, alpha=ALPHA, batch_size=NOISE
     estimation = sampler.streams(_ESTIMATION, n)
     if method == "cohen":
         counts = sampler.count([(i, s, n) for i, s in enumerate(estimation)]).tolist()
-        results = [_certificate(c, cA, n, alpha, sigma, n0, n, seed, "cohen") for c, cA in zip(counts, guesses)]
+        decisions = [_certificate(c, cA, n, alpha, sigma, n0, n, seed, "cohen") for c, cA in zip(counts, guesses)]
     else:
-        results = _adaptive(sampler, estimation, guesses, n0, n, alpha, sigma, seed, **options)
+        decisions = _adaptive(sampler, estimation, guesses, n0, n, alpha, sigma, seed, **options)
     sampler.close()
     elapsed = (time.perf_counter() - start) / len(x)
-    for r in results:
-        r.elapsed = elapsed
+    results = [Certificate(**decision, elapsed=elapsed) for decision in decisions]
     return results[0] if single else results
 
 
-def _certificate(counts, cA, drawn, level, sigma, n0, n, seed, method, alpha=None):
-    """CERTIFY's decision from nA = counts[cA] votes out of `drawn`, with a Clopper-Pearson bound at `level`."""
+def _certificate(counts, cA, drawn, level, sigma, n0, n, seed, method, alpha=None) -> dict:
+    """CERTIFY's decision from nA = counts[cA] votes out of `drawn`, with a Clopper-Pearson bound at `level`: the
+    fields of its `Certificate` but `elapsed`, which `certify` adds once all images are decided."""
     pA_lower = clopper_pearson_lower(counts[cA], drawn, level)
     abstain = pA_lower < 0.5
-    return Certificate(None if abstain else cA, 0.0 if abstain else radius_from_bound(pA_lower, sigma), pA_lower,
-                       counts, n0, n, level if alpha is None else alpha, float(sigma), seed, 0.0, method, n0 + drawn)
+    return dict(prediction=None if abstain else cA, radius=0.0 if abstain else radius_from_bound(pA_lower, sigma),
+                pA_lower=pA_lower, counts=counts, n0=n0, n=n, alpha=level if alpha is None else alpha,
+                sigma=float(sigma), seed=seed, method=method, num_samples=n0 + drawn)
 
 
 def _adaptive_options(n, first_look=1000, target_radius=None, radius_tolerance=0.0, estimate_tolerance=None):
@@ -523,19 +524,29 @@ def _adaptive(sampler, streams, guesses, n0, n, alpha, sigma, seed, looks, targe
         for i in active:
             c = votes[i] if counts[i] is None else counts[i] + votes[i]
             counts[i] = c
-            nA = int(c[guesses[i]])
-            lower, upper = clopper_pearson_lower(nA, look, level), clopper_pearson_upper(nA, look, level)
-            radius = radius_from_bound(lower, sigma)
-            missing = [t for t in targets or [] if not _certifies(lower, sigma, t)]
-            stop = (
-                look == n
-                or upper < 0.5
-                or (targets is not None and (not missing or not _reachable(missing[0], upper, n, level, sigma)))
-                or radius_from_bound(clopper_pearson_lower(nA + n - look, n, level), sigma) - radius <= radius_tolerance
-                or (estimate_tolerance is not None
-                    and radius_from_bound(clopper_pearson_lower(round(nA * n / look), n, level), sigma) - radius
-                    <= estimate_tolerance)
-            )
-            if stop:
+            if _stops(int(c[guesses[i]]), look, n, level, sigma, targets, radius_tolerance, estimate_tolerance):
                 results[i] = _certificate(c.tolist(), guesses[i], look, level, sigma, n0, n, seed, "adaptive", alpha)
     return results
+
+
+def _stops(nA, look, n, level, sigma, targets, radius_tolerance, estimate_tolerance) -> bool:
+    """The stopping rule of method="adaptive" at the look of `look` samples, nA of them for cA (see `certify`). It
+    only decides when to stop: whichever look it stops at, that look's bound at `level` is valid."""
+    lower, upper = clopper_pearson_lower(nA, look, level), clopper_pearson_upper(nA, look, level)
+    radius = radius_from_bound(lower, sigma)
+
+    def gain(votes: int) -> float:
+        """How much `votes` votes for cA out of all n samples would raise the radius."""
+        return radius_from_bound(clopper_pearson_lower(votes, n, level), sigma) - radius
+
+    missing = [t for t in targets or [] if not _certifies(lower, sigma, t)]  # target radii not yet certified
+    budget_spent = look == n  # the last look: all n estimation samples are drawn
+    # (a) hopeless: the upper bound on pA is < 1/2
+    hopeless = upper < 0.5
+    # (b) the largest target radius is certified, or the smallest one not yet certified is out of reach
+    targets_settled = targets is not None and (not missing or not _reachable(missing[0], upper, n, level, sigma))
+    # (c) even nA + (n - look) votes out of n would raise the radius by <= radius_tolerance
+    within_radius_tolerance = gain(nA + n - look) <= radius_tolerance
+    # (d) the point estimate nA / look extrapolated to n would raise it by <= estimate_tolerance (off when None)
+    within_estimate_tolerance = estimate_tolerance is not None and gain(round(nA * n / look)) <= estimate_tolerance
+    return budget_spent or hopeless or targets_settled or within_radius_tolerance or within_estimate_tolerance
