@@ -3,7 +3,8 @@
 
 class PresetChoices:
     """The names of `dmae_hf.configuration_dmae.ARCHITECTURES`, as argparse `choices`. The table is read when argparse
-    needs it (a `--preset` to check, `--help` to print), not when the parser is built, which imports no transformers."""
+    needs it (a `--preset` to check, `--help` to print), not when the parser is built, which imports no transformers
+    (hence the explicit metavar: argparse formats the metavar of every option it adds)."""
 
     def _names(self) -> list[str]:
         from ..configuration_dmae import ARCHITECTURES
@@ -28,8 +29,9 @@ def register(subparsers):
     )
     parser.add_argument("source", help="checkpoint file (.pth/.bin/.safetensors) or transformers model directory")
     parser.add_argument("output_dir", help="directory to write the dmae-hf checkpoint into")
-    parser.add_argument("--preset", choices=PresetChoices(),
-                        help="architecture to expect (checked against the weights; gives the head counts)")
+    parser.add_argument("--preset", choices=PresetChoices(), metavar="PRESET",  # a metavar: not read at build time
+                        help="architecture to expect, one of %(choices)s (checked against the weights; gives the "
+                        "head counts)")
     parser.add_argument("--num-heads", type=int, help="encoder attention heads (default: from --preset, config.json "
                         "or the official heads of the width, dmae_hf.convert_dmae.OFFICIAL_HEADS)")
     parser.add_argument("--decoder-num-heads", type=int, help="decoder attention heads (default: as --num-heads, "
