@@ -3,6 +3,7 @@
 
 import math
 import numbers
+from typing import NamedTuple
 
 from huggingface_hub.dataclasses import strict
 from transformers.activations import ACT2FN
@@ -13,24 +14,48 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
-# Architectures of `models_dmae.py` (dmae_vit_{base,large}_patch16, dmae_vit_huge_patch14) and a tiny one for tests.
-PRESETS = {
-    "vit-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=16, image_size=224),
-    "vit-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=16, image_size=224),
-    "vit-huge": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, patch_size=14, image_size=224),
-    "tiny": dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        patch_size=8,
-        image_size=32,
-        decoder_hidden_size=32,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        image_mean=CIFAR10_MEAN,
-        image_std=CIFAR10_STD,
-    ),
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class Architecture(NamedTuple):
+    """One backbone size, the single source of what the package knows about it.
+
+    config: the `DMAEConfig` fields of the preset (the others keep their defaults). title: its name for people
+    (model cards). stem: `"base"` for the released checkpoints `dmae-vit-base*`, None when none is released.
+    official: an architecture of the official code (`models_dmae.py`), whose heads-by-width (encoder and decoder)
+    are the convention the converter falls back on when a checkpoint does not say.
+    """
+
+    config: dict
+    title: str
+    stem: str | None = None
+    official: bool = False
+
+
+# `dmae_vit_{base,large}_patch16`, `dmae_vit_huge_patch14` of `models_dmae.py`, a tiny ViT for tests and the
+# architecture of the embedded model `dmae-tiny-cifar10` (a ViT for CPUs, native 32x32 input, patch 4).
+ARCHITECTURES = {
+    "vit-base": Architecture(
+        dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=16, image_size=224),
+        "ViT-B/16", stem="base", official=True),
+    "vit-large": Architecture(
+        dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=16, image_size=224),
+        "ViT-L/16", stem="large", official=True),
+    "vit-huge": Architecture(
+        dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, patch_size=14, image_size=224),
+        "ViT-H/14", official=True),
+    "tiny": Architecture(
+        dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32,
+             decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+             image_mean=CIFAR10_MEAN, image_std=CIFAR10_STD),
+        "tiny ViT"),
+    "tiny-cifar10": Architecture(
+        dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, patch_size=4, image_size=32,
+             decoder_hidden_size=64, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
+             image_mean=CIFAR10_MEAN, image_std=CIFAR10_STD),
+        "tiny ViT/4"),
 }
+PRESETS = {name: architecture.config for name, architecture in ARCHITECTURES.items()}
 
 # Allowed values of the numeric fields: integers >= 1, and intervals of finite reals.
 POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
@@ -150,7 +175,7 @@ class DMAEConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "DMAEConfig":
-        """Build the config of a named architecture: `"vit-base"`, `"vit-large"`, `"vit-huge"` or `"tiny"`.
+        """Build the config of a named architecture, a key of `ARCHITECTURES` (`"vit-base"`, `"tiny"`, ...).
 
         Keyword arguments override the preset (e.g. `num_labels=10, image_mean=CIFAR10_MEAN`).
         """
@@ -210,4 +235,5 @@ class DMAEConfig(PreTrainedConfig):
             if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
                 raise ValueError(f"{name} must hold finite numbers{' > 0' if positive else ''}, got {values}.")
 
-__all__ = ["DMAEConfig", "PRESETS", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "CIFAR10_MEAN", "CIFAR10_STD"]
+__all__ = ["DMAEConfig", "ARCHITECTURES", "Architecture", "PRESETS", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD",
+           "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_LABELS"]

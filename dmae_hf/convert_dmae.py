@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 
 from .configuration_dmae import (
+    ARCHITECTURES,
+    CIFAR10_LABELS,
     CIFAR10_MEAN,
     CIFAR10_STD,
     IMAGENET_DEFAULT_MEAN,
@@ -43,13 +45,16 @@ from .configuration_dmae import (
     PRESETS,
     DMAEConfig,
 )
+from . import hub_names
 from .image_processing_dmae import DMAEImageProcessor
+from .model_card import render_model_card
 from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification, non_finite_tensors
 
-# Heads by encoder width in the official models (ViT-B 768/12, ViT-L 1024/16, ViT-H 1280/16) and the decoder (512/16).
-OFFICIAL_HEADS = {768: 12, 1024: 16, 1280: 16}
-OFFICIAL_DECODER_HEADS = {512: 16}
-CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# Heads by width in the official models (`official` architectures: ViT-B 768/12, ViT-L 1024/16, ViT-H 1280/16; their
+# decoder 512/16): the heads of a checkpoint whose config does not give them.
+_OFFICIAL = [DMAEConfig.from_preset(name) for name, arch in ARCHITECTURES.items() if arch.official]
+OFFICIAL_HEADS = {c.hidden_size: c.num_attention_heads for c in _OFFICIAL}
+OFFICIAL_DECODER_HEADS = {c.decoder_hidden_size: c.decoder_num_attention_heads for c in _OFFICIAL}
 NORMALIZATIONS = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
 
 _BLOCK_RENAMES = {"norm1.": "layernorm_before.", "attn.qkv.": "attention.qkv.", "attn.proj.": "attention.proj.",
@@ -116,7 +121,7 @@ _CODE_EXECUTION = re.compile(r"GLOBAL (\S+) was not an allowed global|GLOBAL (\S
                              r"|Can only (?:create new object|build) .*?but got (.+)", re.M)
 
 
-def _torch_load(path: Path) -> dict:
+def torch_load(path: Path) -> dict:
     """`torch.load(weights_only=True)`, allowing only `argparse.Namespace` beyond tensors and plain containers: the
     official training scripts save their `args` with the weights, and a Namespace only holds attributes."""
     try:
@@ -166,11 +171,11 @@ def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict | None]:
             for shard in sorted(set(index["weight_map"].values())):
                 state.update(_load_safetensors(path / shard))
         elif (path / "pytorch_model.bin").is_file():
-            state = _torch_load(path / "pytorch_model.bin")
+            state = torch_load(path / "pytorch_model.bin")
         else:
             raise CheckpointError(f"{path} holds no model.safetensors or pytorch_model.bin.")
     elif path.is_file():
-        state = _load_safetensors(path) if path.suffix == ".safetensors" else _torch_load(path)
+        state = _load_safetensors(path) if path.suffix == ".safetensors" else torch_load(path)
     else:
         raise CheckpointError(f"Checkpoint {path} does not exist.")
 
@@ -332,7 +337,8 @@ def infer_architecture(state: dict, hf_config: dict | None = None, preset: str |
 
     Widths, depths, patch size, channels, image size (from the position table), MLP ratio and qkv bias come from
     the tensor shapes. Head counts cannot: they come from `num_heads`/`decoder_num_heads`, else the preset, else the
-    source's config.json, else the official convention (768 -> 12, 1024 and 1280 -> 16; decoder 512 -> 16).
+    source's config.json, else the official convention `OFFICIAL_HEADS` / `OFFICIAL_DECODER_HEADS` (768 -> 12,
+    1024 and 1280 -> 16; decoder 512 -> 16).
     """
     patch = _get(state, "dmae.embeddings.patch_embeddings.projection.weight")
     if patch.ndim != 4 or patch.shape[2] != patch.shape[3]:
@@ -438,7 +444,7 @@ def convert_state_dict(state: dict, hf_config: dict | None = None, *, preset: st
             raise CheckpointError(f"--num-labels {num_labels} does not match the checkpoint's head of {rows} rows.")
         names = _parse_labels(labels)
         if names is None and normalization == "cifar10" and rows == 10:
-            names = CIFAR10_LABELS
+            names = list(CIFAR10_LABELS)
         if names is not None and len(names) != rows:
             raise CheckpointError(f"Got {len(names)} labels for a head of {rows} classes.")
         id2label = {i: name for i, name in enumerate(names)} if names else {i: f"LABEL_{i}" for i in range(rows)}
@@ -475,9 +481,6 @@ def convert(source, output_dir, *, name: str | None = None, push_to_hub: str | N
     """Convert `source` into `output_dir` (model.safetensors, config.json, preprocessor_config.json, README.md) and
     optionally upload that folder to the Hub repository `push_to_hub` (a repo id or a dmae-hf short name).
     Keyword arguments go to `convert_state_dict`. Returns the model."""
-    from . import hub_names
-    from .model_card import render_model_card
-
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
     _check_options(**kwargs)
@@ -505,5 +508,6 @@ def convert(source, output_dir, *, name: str | None = None, push_to_hub: str | N
     return model
 
 
-__all__ = ["CheckpointError", "load_checkpoint", "check_finite", "detect_layout", "convert_state_dict", "convert",
-           "infer_architecture", "rename_official", "rename_vit_mae"]
+__all__ = ["CheckpointError", "load_checkpoint", "torch_load", "check_finite", "detect_layout", "convert_state_dict",
+           "convert", "infer_architecture", "rename_official", "rename_vit_mae", "OFFICIAL_HEADS",
+           "OFFICIAL_DECODER_HEADS"]

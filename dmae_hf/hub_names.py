@@ -57,7 +57,9 @@ class ReleasedModel:
 
 
 def _table() -> dict[str, ReleasedModel]:
-    arch = {"vit-base": ("base", "ViT-B/16"), "vit-large": ("large", "ViT-L/16")}
+    from .configuration_dmae import ARCHITECTURES
+
+    arch = {preset: (a.stem, a.title) for preset, a in ARCHITECTURES.items() if a.stem}  # the released sizes
     models = []
     for preset, (short, title) in arch.items():
         models.append(ReleasedModel(
@@ -70,16 +72,20 @@ def _table() -> dict[str, ReleasedModel]:
                 f"dmae-vit-{short}-sigma{sigma}", "classifier", preset, "imagenet-1k", sigma,
                 description=f"DMAE {title} fine-tuned on ImageNet-1k with Gaussian noise sigma={sigma}: the base "
                             f"classifier of a smoothed classifier certified at sigma={sigma}."))
+    base = ARCHITECTURES["vit-base"]
     for sigma in (0.25, 0.5, 1.0):
         models.append(ReleasedModel(
-            f"dmae-vit-base-cifar10-sigma{sigma}", "classifier", "vit-base", "cifar10", sigma,
-            description=f"DMAE ViT-B/16 transferred to CIFAR-10 (32x32 images upsampled to 224 inside the model), "
-                        f"fine-tuned with Gaussian noise sigma={sigma}."))
+            f"dmae-vit-{base.stem}-cifar10-sigma{sigma}", "classifier", "vit-base", "cifar10", sigma,
+            description=f"DMAE {base.title} transferred to CIFAR-10 (32x32 images upsampled to "
+                        f"{base.config['image_size']} inside the model), fine-tuned with Gaussian noise "
+                        f"sigma={sigma}."))
+    tiny = ARCHITECTURES["tiny-cifar10"].config
     models.append(ReleasedModel(
-        "dmae-tiny-cifar10", "classifier", "tiny", "cifar10", 0.25, from_official=False,
-        description="A tiny DMAE (ViT width 96, 4 blocks, 3 heads, patch 4, native 32x32 input) pre-trained and "
-                    "fine-tuned on CIFAR-10 by this project, small enough to ship inside the package for offline "
-                    "demos and tests."))
+        "dmae-tiny-cifar10", "classifier", "tiny-cifar10", "cifar10", 0.25, from_official=False,
+        description=f"A tiny DMAE (ViT width {tiny['hidden_size']}, {tiny['num_hidden_layers']} blocks, "
+                    f"{tiny['num_attention_heads']} heads, patch {tiny['patch_size']}, native "
+                    f"{tiny['image_size']}x{tiny['image_size']} input) pre-trained and fine-tuned on CIFAR-10 by this "
+                    "project, small enough to ship inside the package for offline demos and tests."))
     return {m.name: m for m in models}
 
 

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from . import hub_names
-from .configuration_dmae import CIFAR10_MEAN, CIFAR10_STD, DMAEConfig
+from .configuration_dmae import ARCHITECTURES, CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, DMAEConfig
 from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification
 
 PAPER_URL = "https://arxiv.org/abs/2210.06983"
@@ -52,7 +52,6 @@ CITATION = """@inproceedings{wu2023dmae,
   booktitle = {Proceedings of the 36th International Conference on Machine Learning (ICML)},
   year      = {2019}
 }"""
-ARCH_TITLES = {"vit-base": "ViT-B/16", "vit-large": "ViT-L/16", "vit-huge": "ViT-H/14", "tiny": "tiny ViT"}
 
 
 def default_config(name: str) -> DMAEConfig:
@@ -60,8 +59,6 @@ def default_config(name: str) -> DMAEConfig:
     entry = hub_names.SHORT_NAMES[name]
     kwargs = {}
     if entry.dataset == "cifar10":
-        from .convert_dmae import CIFAR10_LABELS
-
         kwargs.update(image_mean=CIFAR10_MEAN, image_std=CIFAR10_STD)
         labels = CIFAR10_LABELS
     else:
@@ -80,7 +77,7 @@ def _entry(name: str, config: DMAEConfig) -> hub_names.ReleasedModel:
     preset = _preset_of(config) or "custom"
     return hub_names.ReleasedModel(name, "classifier" if classifier else "pretraining", preset, dataset,
                                    config.smoothing_sigma if classifier else None,
-                                   from_official=preset not in ("custom", "tiny"))
+                                   from_official=preset in ARCHITECTURES and ARCHITECTURES[preset].official)
 
 
 def _num_parameters(config: DMAEConfig, classifier: bool) -> int:
@@ -92,7 +89,7 @@ def _num_parameters(config: DMAEConfig, classifier: bool) -> int:
 def _paper_rows(entry) -> tuple[str, dict[str, dict[float, float]]] | None:
     """(table caption, {row name: {radius: accuracy %}}) of the paper table that applies, if any."""
     if entry.dataset == "imagenet-1k" and entry.preset in PAPER_IMAGENET:
-        title = ARCH_TITLES[entry.preset]
+        title = ARCHITECTURES[entry.preset].title
         return ("ImageNet-1k, Table 1", {f"DMAE {title} (paper)": PAPER_IMAGENET[entry.preset]})
     if entry.dataset == "cifar10" and entry.preset == "vit-base":
         return ("CIFAR-10, Table 3", {f"{k} (paper)": v for k, v in PAPER_CIFAR10.items()})
@@ -126,7 +123,7 @@ def _model_index(name: str, entry, results: dict | None) -> list[dict] | None:
 
 def _metadata(name: str, entry, config: DMAEConfig, results: dict | None, namespace: str) -> dict:
     datasets = ["ILSVRC/imagenet-1k"] + (["uoft-cs/cifar10"] if entry.dataset == "cifar10" else [])
-    if entry.preset == "tiny":
+    if entry.preset in ARCHITECTURES and not ARCHITECTURES[entry.preset].official:  # CPU-sized: CIFAR-10 only
         datasets = ["uoft-cs/cifar10"]
     meta = {
         "license": "cc-by-nc-4.0" if entry.from_official else "apache-2.0",
@@ -137,8 +134,8 @@ def _metadata(name: str, entry, config: DMAEConfig, results: dict | None, namesp
         "datasets": datasets,
     }
     if entry.kind == "classifier" and entry.from_official:
-        base = "dmae-vit-large" if entry.preset == "vit-large" else "dmae-vit-base"
-        meta["base_model"] = f"{namespace}/{base}"
+        released = entry.preset in ARCHITECTURES and ARCHITECTURES[entry.preset].stem  # else fine-tuned from ViT-B
+        meta["base_model"] = f"{namespace}/dmae-vit-{released or ARCHITECTURES['vit-base'].stem}"
     model_index = _model_index(name, entry, results)
     if model_index:
         meta["model-index"] = model_index
@@ -147,7 +144,7 @@ def _metadata(name: str, entry, config: DMAEConfig, results: dict | None, namesp
 
 def _preset_of(config: DMAEConfig) -> str | None:
     """The preset whose encoder (width, depth, patch) `config` has, if any."""
-    for name in ARCH_TITLES:
+    for name in ARCHITECTURES:
         preset = DMAEConfig.from_preset(name)
         if (preset.hidden_size, preset.num_hidden_layers, preset.patch_size) == (
                 config.hidden_size, config.num_hidden_layers, config.patch_size):
@@ -157,9 +154,9 @@ def _preset_of(config: DMAEConfig) -> str | None:
 
 def _architecture(entry, config: DMAEConfig) -> str:
     classifier = entry.kind == "classifier"
-    size = config.image_size
+    size, preset = config.image_size, _preset_of(config)
     rows = [
-        ("Architecture", f"{ARCH_TITLES.get(_preset_of(config), 'ViT')} encoder: width {config.hidden_size}, "
+        ("Architecture", f"{ARCHITECTURES[preset].title if preset else 'ViT'} encoder: width {config.hidden_size}, "
                          f"{config.num_hidden_layers} blocks, {config.num_attention_heads} heads, patch "
                          f"{config.patch_size}, {size}x{size} input, LayerNorm eps {config.layer_norm_eps:g}"),
         ("Parameters", f"{_num_parameters(config, classifier) / 1e6:.1f}M"),

@@ -553,7 +553,10 @@ def add_common_args(parser, stage: str) -> None:
     "finetune"; it only changes defaults)."""
     ft = stage == "finetune"
     g = parser.add_argument_group("model")
-    g.add_argument("--preset", default="vit-base", help="DMAEConfig preset: vit-base, vit-large, vit-huge, tiny")
+    from .configuration_dmae import ARCHITECTURES
+
+    g.add_argument("--preset", default="vit-base", choices=list(ARCHITECTURES),
+                   help="architecture: a DMAEConfig.from_preset name (the other model flags override its fields)")
     g.add_argument("--hidden-size", type=int, help="encoder width (None: the preset's)")
     g.add_argument("--depth", type=int, help="encoder blocks, num_hidden_layers (None: the preset's)")
     g.add_argument("--heads", type=int, help="encoder attention heads (None: the preset's)")

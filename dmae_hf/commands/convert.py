@@ -1,6 +1,23 @@
 """`dmae convert`: official DMAE or transformers ViTMAE checkpoints -> dmae-hf checkpoints (`dmae_hf.convert_dmae`)."""
 
 
+class PresetChoices:
+    """The names of `dmae_hf.configuration_dmae.ARCHITECTURES`, as argparse `choices`. The table is read when argparse
+    needs it (a `--preset` to check, `--help` to print), not when the parser is built, which imports no transformers
+    (hence the explicit metavar: argparse formats the metavar of every option it adds)."""
+
+    def _names(self) -> list[str]:
+        from ..configuration_dmae import ARCHITECTURES
+
+        return list(ARCHITECTURES)
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+
 def register(subparsers):
     parser = subparsers.add_parser(
         "convert",
@@ -12,11 +29,13 @@ def register(subparsers):
     )
     parser.add_argument("source", help="checkpoint file (.pth/.bin/.safetensors) or transformers model directory")
     parser.add_argument("output_dir", help="directory to write the dmae-hf checkpoint into")
-    parser.add_argument("--preset", choices=["vit-base", "vit-large", "vit-huge", "tiny"],
-                        help="architecture to expect (checked against the weights; gives the head counts)")
+    parser.add_argument("--preset", choices=PresetChoices(), metavar="PRESET",  # a metavar: not read at build time
+                        help="architecture to expect, one of %(choices)s (checked against the weights; gives the "
+                        "head counts)")
     parser.add_argument("--num-heads", type=int, help="encoder attention heads (default: from --preset, config.json "
-                        "or the official convention 768->12, 1024/1280->16)")
-    parser.add_argument("--decoder-num-heads", type=int, help="decoder attention heads (default: 512->16)")
+                        "or the official heads of the width, dmae_hf.convert_dmae.OFFICIAL_HEADS)")
+    parser.add_argument("--decoder-num-heads", type=int, help="decoder attention heads (default: as --num-heads, "
+                        "OFFICIAL_DECODER_HEADS)")
     parser.add_argument("--normalization", choices=["imagenet", "cifar10"], default="imagenet",
                         help="mean/std the model normalises with (cifar10 also selects the 32x32 processor)")
     parser.add_argument("--sigma", type=float, help="smoothing noise level of a classifier (required for "

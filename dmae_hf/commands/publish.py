@@ -31,11 +31,11 @@ class UnrecognisedFile(ValueError):
 
 def _read(path: Path):
     """(state dict, training args or None) of a checkpoint file, through the converter's safe loaders."""
-    from ..convert_dmae import _torch_load, load_checkpoint
+    from ..convert_dmae import load_checkpoint, torch_load
 
     if path.suffix == ".safetensors" or path.is_dir() or not path.exists():
         return load_checkpoint(path)[0], None
-    raw = _torch_load(path)
+    raw = torch_load(path)
     args = raw.get("args") if isinstance(raw, dict) else None
     state = raw["model"] if isinstance(raw, dict) and isinstance(raw.get("model"), dict) else raw
     if not isinstance(state, dict) or not state or not all(hasattr(v, "shape") for v in state.values()):
