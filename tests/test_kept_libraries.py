@@ -74,7 +74,7 @@ def test_kornia_mixup_cannot_reproduce_timm_mixup():
 def test_kornia_cutmix_cannot_reproduce_timm_cutmix():
     images, labels = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(6)
     torch.manual_seed(3)
-    ours, targets = MixupCutmix(6, mixup_alpha=0.0, cutmix_alpha=1.0)(images, labels)
+    ours, _targets = MixupCutmix(6, mixup_alpha=0.0, cutmix_alpha=1.0)(images, labels)
     torch.manual_seed(3)
     cutmix = _kornia("RandomCutMixV2", beta=1.0, same_on_batch=True)
     theirs, rows = cutmix(images, labels)
