@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from scipy.stats import beta, norm
 
 from dmae_hf import smoothing
+from dmae_hf.analysis import certificate_arrays, certified_accuracy
 from dmae_hf.configuration_dmae import DMAEConfig
 from dmae_hf.image_processing_dmae import DMAEImageProcessor
 from dmae_hf.modeling_dmae import DMAEForSmoothedClassification, add_gaussian_noise
@@ -248,8 +249,8 @@ def main(argv=None):
         wall = time.perf_counter() - start
         label = method + (" " + ", ".join(f"{k}={v}" for k, v in options.items()) if options else "")
         radii = [c.radius for c in certs]
-        acc = [sum(c.prediction == int(t) and c.radius >= r for c, t in zip(certs, y)) / len(certs)
-               for r in (args.sigma, 2 * args.sigma)]
+        acc = certified_accuracy(*certificate_arrays(certs, y.tolist()),
+                                 radii=(args.sigma, 2 * args.sigma))["certified_accuracy"]
         print(f"{label:<44} {sum(c.num_samples for c in certs):>10} {f.calls:>10} {wall:>7.1f} "
               f"{sum(c.abstained for c in certs):>7} {np.mean(radii):>7.3f} {acc[0]:>14.2f} {acc[1]:>7.2f}")
     return 0

@@ -7,7 +7,8 @@ samples drawn per image) are used when present, and any other column (`pA_lower`
 of `dmae certify` and Cohen's original six-column logs are read. `predict = -1` is an abstention.
 
 - certified accuracy at r: fraction of images with `correct == 1` and `radius >= r` (Cohen's `analyze.py`, DMAE's
-  `engine_finetune.py`), with a two-sided 95% Clopper-Pearson interval (`dmae_hf.smoothing`'s bounds at 0.025 each);
+  `engine_finetune.py`), where correct means `predict == label` and an abstention (`predict = -1`) never counts,
+  with a two-sided 95% Clopper-Pearson interval (`dmae_hf.smoothing`'s bounds at 0.025 each);
 - ACR (average certified radius): mean over images of `radius * correct`;
 - envelope: for each radius the best certified accuracy over the logs, as the paper's tables take the best over
   sigma. It is meaningful only when the logs certify the same images: if their `idx` sets differ, `analyze_logs`
@@ -17,6 +18,10 @@ of `dmae certify` and Cohen's original six-column logs are read. `predict = -1` 
     from dmae_hf.analysis import analyze_logs
     results = analyze_logs(["sigma0.25.tsv", "sigma0.5.tsv"], radii=[0, 0.25, 0.5, 0.75], plot="curve.png")
     results["rows"][0]["certified_accuracy"], results["rows"][0]["confidence_intervals"], results["envelope"]
+
+This module is the one definition of those numbers and of their plot: `dmae analyze`, `dmae demo`, the
+`certified_accuracy` evaluate metric, `examples/finetune.py` and the benchmarks call `certificate_arrays` /
+`certified_accuracy` / `curve` / `plot_curve` rather than counting themselves.
 
 The returned dict is JSON-ready: `{"radii", "rows": [row, ...], "envelope": [...] or None (one log),
 "envelope_source": [name per radius] or None, "image_sets_match": bool}`, each row `{"name", "path", "n_images",
@@ -34,6 +39,7 @@ import numpy as np
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 REQUIRED_COLUMNS = ("idx", "label", "predict", "radius", "correct")
+ABSTAIN = -1  # the `predict` of an abstention
 CONFIDENCE = 0.95
 
 
@@ -115,7 +121,7 @@ def read_log(path) -> dict:
                              f"(must be finite and >= 0)")
     if not np.isin(log["correct"], (0, 1)).all():
         raise LogFormatError(f"{path}: `correct` must be 0 or 1")
-    inconsistent = log["correct"] != ((log["predict"] == log["label"]) & (log["predict"] != -1))
+    inconsistent = log["correct"] != is_correct(log["predict"], log["label"])
     if inconsistent.any():
         raise LogFormatError(f"{path}: idx {log['idx'][inconsistent][0]} has correct={log['correct'][inconsistent][0]} "
                              f"but predict={log['predict'][inconsistent][0]}, label={log['label'][inconsistent][0]}")
@@ -123,9 +129,31 @@ def read_log(path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- statistics
+def is_correct(predict, label) -> np.ndarray:
+    """Per image: the smoothed prediction is the true label; an abstention (`predict = -1`) is never correct."""
+    predict, label = np.asarray(predict), np.asarray(label)
+    return (predict == label) & (predict != ABSTAIN)
+
+
+def certificate_arrays(certificates, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image `(correct, radius)` arrays for `certified_accuracy` / `curve` from certificates (anything with
+    `.prediction`, None or -1 for an abstention, and `.radius`, as `dmae_hf.smoothing.Certificate`) and the true
+    labels."""
+    certificates = list(certificates)
+    labels = [int(y) for y in labels]
+    if len(certificates) != len(labels):
+        raise ValueError(f"{len(certificates)} certificates for {len(labels)} labels: pass one label per image")
+    predict = np.array([ABSTAIN if c.prediction is None else int(c.prediction) for c in certificates], dtype=np.int64)
+    radius = np.array([float(c.radius) for c in certificates], dtype=float)
+    return is_correct(predict, np.array(labels, dtype=np.int64)), radius
+
+
 def confidence_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Two-sided exact (Clopper-Pearson) interval for k successes in n trials: the one-sided bounds of
-    `dmae_hf.smoothing` at (1 - confidence) / 2 each (equal to scipy's `binomtest(k, n).proportion_ci('exact')`)."""
+    `dmae_hf.smoothing` at (1 - confidence) / 2 each, so the certifier and the analysis share one Clopper-Pearson
+    bound (the closed-form Beta quantile). scipy's `binomtest(k, n).proportion_ci(method="exact")` gives the same
+    interval found by root-finding (brentq, xtol 2e-12): equal to 1e-12 (tests/test_kept_libraries.py), not bitwise,
+    so it is not used."""
     from .smoothing import clopper_pearson_lower, clopper_pearson_upper
 
     tail = (1.0 - confidence) / 2
@@ -162,6 +190,27 @@ def curve(correct, radius, grid) -> np.ndarray:
     """Certified accuracy at every radius of `grid` (vectorised; a non-increasing step function of r)."""
     certified = np.sort(np.asarray(radius, dtype=float)[np.asarray(correct, dtype=bool)])
     return (len(certified) - np.searchsorted(certified, np.asarray(grid, dtype=float), side="left")) / len(correct)
+
+
+def radius_grid(radii_arrays, marks=(), points: int = 2000) -> np.ndarray:
+    """Radii from 0 to 5% past the largest certified radius (or mark, or 0.1) at which to draw curves."""
+    top = max([float(np.max(r)) for r in radii_arrays if len(r)] + [float(m) for m in marks] + [0.1])
+    return np.linspace(0.0, top * 1.05, points)
+
+
+def plot_curve(ax, correct, radius, grid=None, **style) -> np.ndarray:
+    """Draw certified accuracy vs L2 radius (`curve` on `grid`, default `radius_grid([radius])`) onto the
+    matplotlib Axes `ax`, with the axis labels and limits of every plot of the package; `style` goes to `ax.plot`.
+    Returns the curve's values."""
+    grid = radius_grid([np.asarray(radius)]) if grid is None else np.asarray(grid, dtype=float)
+    values = curve(correct, radius, grid)
+    ax.plot(grid, values, **style)
+    ax.set_xlabel("L2 radius r (in [0, 1] pixel units)")
+    ax.set_ylabel("certified accuracy (correct and radius >= r)")
+    ax.set_xlim(0, grid[-1])
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    return values
 
 
 # --------------------------------------------------------------------------------------------------------- analysis
@@ -223,21 +272,14 @@ def plot_curves(data, names, path, radii=()):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    top = max([float(log["radius"].max()) for log in data] + list(radii) + [0.1])
-    grid = np.linspace(0.0, top * 1.05, 2000)
+    grid = radius_grid([log["radius"] for log in data], marks=radii)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    curves = [curve(log["correct"], log["radius"], grid) for log in data]
-    for name, values, log in zip(names, curves, data):
-        ax.plot(grid, values, lw=1.8, label=f"{name} (n={len(log['idx'])})")
+    curves = [plot_curve(ax, log["correct"], log["radius"], grid, lw=1.8, label=f"{name} (n={len(log['idx'])})")
+              for name, log in zip(names, data)]
     if len(curves) > 1:
         ax.plot(grid, np.max(curves, axis=0), "k--", lw=1, label="best per radius")
     for r in radii:
         ax.axvline(r, color="0.85", lw=0.8, zorder=0)
-    ax.set_xlabel("L2 radius r (in [0, 1] pixel units)")
-    ax.set_ylabel("certified accuracy (correct and radius >= r)")
-    ax.set_xlim(0, grid[-1])
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

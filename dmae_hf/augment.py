@@ -65,6 +65,13 @@ class MixupCutmix:
     exact pasted area. Targets: `lam * onehot(y) + (1 - lam) * onehot(y.flip(0))` (label smoothing is applied by
     the model's loss). Call on clean images, before the model adds noise. Randomness comes from torch's global
     RNG, which Accelerate checkpoints.
+
+    Kept instead of kornia's `RandomMixUpV2` / `RandomCutMixV2` (kornia 0.9), which cannot give the timm/DeiT recipe
+    of the paper's fine-tuning (tests/test_kept_libraries.py): `RandomMixUpV2` draws lambda from a uniform range,
+    not Beta(0.8, 0.8); both pair images by a random permutation (an image may be paired with itself), not the
+    flipped batch; lambda is drawn per image unless `same_on_batch`; `RandomCutMixV2` keeps its box inside the image
+    instead of clipping a box centred anywhere, so the area correction differs; neither switches between mixup and
+    cutmix with `switch_prob`; and both return `(label, paired label, lambda)` rows, not soft targets.
     """
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0,

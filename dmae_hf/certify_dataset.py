@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
-from .smoothing import _mix
+from .smoothing import mix_seed
 
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower", "samples")
 HEADER = "\t".join(COLUMNS) + "\n"
@@ -62,8 +62,9 @@ DIST_WAIT = timedelta(hours=24)  # any later wait: the final barrier waits for t
 
 # --------------------------------------------------------------------------------------------------------- log files
 def image_seed(seed: int, idx: int) -> int:
-    """The noise seed of image `idx`: a SplitMix64 mix of (seed, idx), the same in every process and every run."""
-    return _mix(seed, idx)
+    """The noise seed of image `idx`: `smoothing.mix_seed(seed, idx)` (SplitMix64), the same in every process and
+    every run."""
+    return mix_seed(seed, idx)
 
 
 def _round_down(value: float, decimals: int = 6) -> str:

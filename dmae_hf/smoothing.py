@@ -129,8 +129,12 @@ def add_gaussian_noise(
     return noise.mul_(sigma).add_(pixel_values.float())
 
 
-def _mix(*values: int) -> int:
-    """SplitMix64 chained over the values: a fixed, hash-free seed for a (seed, stage, block) triple."""
+def mix_seed(*values: int) -> int:
+    """SplitMix64 chained over the values: a fixed, hash-free 64-bit seed for a (seed, stage, block) triple, and
+    (`certify_dataset.image_seed`) for a (seed, idx) pair.
+
+    Kept rather than `numpy.random.SeedSequence`, which mixes differently: it would give other seeds, so other noise,
+    and change every certificate and log already written. Certificates must stay identical for the same seeds."""
     z = 0
     for v in values:
         z = (z ^ (v & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
@@ -182,7 +186,7 @@ class _NoisyStream:
 
     def _draw(self, j: int, out: torch.Tensor) -> None:
         generator = torch.Generator(device=self.x.device)
-        generator.manual_seed(_mix(self.seed, self.stage, j))
+        generator.manual_seed(mix_seed(self.seed, self.stage, j))
         add_gaussian_noise(self.x.expand(out.shape[0], *self.x.shape), self.sigma, generator=generator, out=out)
 
 

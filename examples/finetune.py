@@ -140,10 +140,11 @@ def quick_certify(model, val_stream, args, output_dir: str, device) -> dict | No
     certified-accuracy plot. Returns a summary, or None when `dmae_hf.smoothing` has no certify yet."""
     from torch.utils.data import DataLoader
 
+    from dmae_hf.analysis import DEFAULT_RADII, certificate_arrays, certified_accuracy, plot_curve
     from dmae_hf.data import collate
 
     model.eval()
-    records = []
+    records, certificates, seconds = [], [], []
     loader = DataLoader(val_stream.take(args.certify_examples), batch_size=1, collate_fn=collate)
     try:
         for i, batch in enumerate(tqdm(loader, total=args.certify_examples, desc="certify")):
@@ -152,19 +153,20 @@ def quick_certify(model, val_stream, args, output_dir: str, device) -> dict | No
             start = time.time()
             cert = model.certify(x, n0=args.certify_n0, n=args.certify_n, alpha=args.certify_alpha,
                                  batch_size=args.certify_batch, seed=args.seed)
-            records.append({"idx": i, "label": label, "predict": cert.prediction, "radius": cert.radius,
-                            "correct": cert.prediction == label, "time": time.time() - start})
+            certificates.append(cert)
+            seconds.append(time.time() - start)
+            records.append({"idx": i, "label": label, "predict": cert.prediction, "radius": cert.radius})
     except NotImplementedError as err:
         print(f"skipping certification: {err}")
         return None
+    correct, radius = certificate_arrays(certificates, [r["label"] for r in records])
     with open(os.path.join(output_dir, "certification.jsonl"), "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    radii = [0.0, 0.25, 0.5, 0.75, 1.0]
+        for r, ok, t in zip(records, correct, seconds):
+            f.write(json.dumps({**r, "correct": bool(ok), "time": t}) + "\n")
+    stats = certified_accuracy(correct, radius, DEFAULT_RADII)
     summary = {"sigma": model.config.smoothing_sigma, "n0": args.certify_n0, "n": args.certify_n,
                "alpha": args.certify_alpha, "num_images": len(records),
-               "certified_accuracy": {str(r): sum(x["correct"] and x["radius"] >= r for x in records) / len(records)
-                                      for r in radii}}
+               "certified_accuracy": {str(r): a for r, a in zip(stats["radii"], stats["certified_accuracy"])}}
     with open(os.path.join(output_dir, "certification_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     import matplotlib
@@ -172,12 +174,8 @@ def quick_certify(model, val_stream, args, output_dir: str, device) -> dict | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = [i * 0.01 for i in range(0, 151)]
-    curve = [sum(x["correct"] and x["radius"] >= r for x in records) / len(records) for r in grid]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot(grid, curve)
-    ax.set_xlabel("L2 radius ([0,1] pixels)")
-    ax.set_ylabel("certified accuracy")
+    plot_curve(ax, correct, radius)
     ax.set_title(f"sigma={summary['sigma']}, n={args.certify_n}, {len(records)} val images", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(output_dir, "certified_accuracy.png"), dpi=100)

@@ -11,8 +11,11 @@ from dmae_hf.analysis import (
     ImageSetMismatchWarning,
     LogFormatError,
     analyze_logs,
+    certificate_arrays,
     certified_accuracy,
     confidence_interval,
+    curve,
+    plot_curve,
     read_log,
 )
 from dmae_hf.cli import main
@@ -256,3 +259,36 @@ def test_all_abstentions(tmp_path):
     assert row["certified_accuracy"] == [0.0, 0.0] and row["acr"] == 0.0 and row["abstention_rate"] == 1.0
     assert row["confidence_intervals"][0] == pytest.approx((0.0, 1 - 0.025 ** 0.5))
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_certificates_count_like_a_log(logs):
+    """`certificate_arrays` (demo, finetune, benchmarks) gives the log's numbers: abstentions (None) and wrong
+    predictions never count, whatever their radius."""
+    from dmae_hf.smoothing import Certificate
+
+    log = read_log(logs[0])
+    certificates = [Certificate(prediction=None if p == -1 else int(p), radius=float(r), pA_lower=0.9, counts=[],
+                                n0=1, n=1, alpha=0.001, sigma=0.25, seed=0, elapsed=0.0)
+                    for p, r in zip(log["predict"], log["radius"])]
+    correct, radius = certificate_arrays(certificates, log["label"])
+    assert correct.tolist() == [True, False, False, True, True] and radius.tolist() == log["radius"].tolist()
+    assert certified_accuracy(correct, radius, RADII)["certified_accuracy"] == pytest.approx(A_ACC)
+    with pytest.raises(ValueError, match="5 certificates for 4 labels"):
+        certificate_arrays(certificates, log["label"][:4])
+
+
+def test_plot_curve_draws_the_definition_on_given_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    correct, radius = [True, False, True, True], [0.5, 2.0, 0.0, 1.0]  # the wrong 2.0 must not count
+    fig, ax = plt.subplots()
+    values = plot_curve(ax, correct, radius, lw=2)
+    (line,) = ax.get_lines()
+    grid = line.get_xdata()
+    brute = [sum(c and r >= t for c, r in zip(correct, radius)) / 4 for t in grid]
+    assert values.tolist() == brute == line.get_ydata().tolist() == curve(correct, radius, grid).tolist()
+    assert grid[0] == 0 and grid[-1] == pytest.approx(2.1) and ax.get_ylim() == (0, 1)
+    plt.close(fig)

@@ -7,6 +7,8 @@ import warnings
 
 
 def register(subparsers):
+    from ..analysis import DEFAULT_RADII
+
     parser = subparsers.add_parser(
         "analyze", help="certified accuracy, 95%% intervals and ACR from certification logs (TSV)",
         description="Certified accuracy at each radius (fraction of images with correct == 1 and radius >= r), with "
@@ -14,7 +16,7 @@ def register(subparsers):
                     "`dmae certify` or Cohen et al.'s certify.py. With several logs, an extra row gives the best "
                     "log at each radius (as the paper's tables take the best sigma).")
     parser.add_argument("logs", nargs="+", metavar="LOG", help="certification log(s), tab-separated with a header")
-    parser.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+    parser.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII),
                         help="L2 radii (in [0, 1] pixel units) of the table columns")
     parser.add_argument("--names", nargs="+", help="row names, one per log (default: file stems)")
     parser.add_argument("--plot", help="write the certified accuracy vs radius curves to this PNG")
@@ -25,15 +27,11 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from ..analysis import ImageSetMismatchWarning, LogFormatError, analyze_logs, format_table
+    from ..analysis import ImageSetMismatchWarning, analyze_logs, format_table
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:  # a bad log raises; `dmae` prints it as one line, exit 2
         warnings.simplefilter("always", ImageSetMismatchWarning)
-        try:
-            results = analyze_logs(args.logs, radii=args.radii, names=args.names, plot=args.plot)
-        except (FileNotFoundError, LogFormatError, ValueError) as error:
-            print(f"dmae analyze: error: {error}", file=sys.stderr)
-            return 2
+        results = analyze_logs(args.logs, radii=args.radii, names=args.names, plot=args.plot)
     for warning in caught:
         print(f"dmae analyze: warning: {warning.message}", file=sys.stderr)
     if args.json:

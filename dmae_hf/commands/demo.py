@@ -37,6 +37,7 @@ def load_bundled_images():
 def run(args) -> int:
     import torch
 
+    from ..analysis import certificate_arrays, certified_accuracy
     from ..image_processing_dmae import DMAEImageProcessor
     from ..modeling_dmae import DMAEForSmoothedClassification
 
@@ -49,20 +50,17 @@ def run(args) -> int:
           f"n={args.n}, alpha={args.alpha}) ...")
     certificates = model.certify(pixel_values, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch,
                                  seed=args.seed, progress=True)
-
-    correct = [not c.abstained and c.prediction == y for c, y in zip(certificates, labels)]
+    correct, radius = certificate_arrays(certificates, labels)
     print(f"\n{'image':>5}  {'true label':<11} {'prediction':<11} {'radius':>7}  {'pA_lower':>8}")
     for i, (cert, label, ok) in enumerate(zip(certificates, labels, correct)):
         predicted = "abstain" if cert.abstained else names[cert.prediction]
         mark = "" if ok or cert.abstained else "  WRONG: certified, but not the true label"
         print(f"{i:>5}  {names[label]:<11} {predicted:<11} {cert.radius:>7.3f}  {cert.pA_lower:>8.4f}{mark}")
     print(EXPLANATION.format(sigma=sigma, confidence=1 - args.alpha, n=args.n, top=args.alpha ** (1 / args.n)))
-    radii = [c.radius if ok else -1.0 for c, ok in zip(certificates, correct)]
-    print(f"\ncertified accuracy: r=0: {sum(r >= 0 for r in radii) / len(radii):.0%}, "
-          f"r=0.25: {sum(r >= 0.25 for r in radii) / len(radii):.0%} "
-          f"({time.perf_counter() - start:.1f} s)")
+    at_0, at_025 = certified_accuracy(correct, radius, radii=(0.0, 0.25))["certified_accuracy"]
+    print(f"\ncertified accuracy: r=0: {at_0:.0%}, r=0.25: {at_025:.0%} ({time.perf_counter() - start:.1f} s)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_picture(args.out, pixel_values, labels, certificates, names, sigma, radii, args.seed)
+    write_picture(args.out, pixel_values, labels, certificates, names, sigma, correct, radius, args.seed)
     print(f"picture: {args.out}")
     return 0
 
@@ -80,15 +78,16 @@ What the columns mean:
 - WRONG: a certificate says the prediction is stable, not that it is right; counted as not certified below."""
 
 
-def write_picture(path, pixel_values, labels, certificates, names, sigma, radii, seed, num_shown=8):
-    """Clean images, two noisy samples of each at `sigma`, and the certified-accuracy curve of all images."""
+def write_picture(path, pixel_values, labels, certificates, names, sigma, correct, radius, seed, num_shown=8):
+    """Clean images, two noisy samples of each at `sigma`, and the certified-accuracy curve of all images
+    (`dmae_hf.analysis.plot_curve` of the per-image `correct`, `radius`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     import torch
 
+    from ..analysis import plot_curve
     from ..modeling_dmae import add_gaussian_noise
 
     generator = torch.Generator().manual_seed(seed)
@@ -110,11 +109,8 @@ def write_picture(path, pixel_values, labels, certificates, names, sigma, radii,
             if c == 0:
                 ax.set_ylabel("clean" if r == 0 else f"+N(0,{sigma}²)", fontsize=8)
     ax = fig.add_subplot(grid[3, :])
-    grid_r = np.linspace(0, max(0.1, max(radii) * 1.1), 200)
-    ax.plot(grid_r, [np.mean([r >= t for r in radii]) for t in grid_r], lw=2)
-    ax.set_xlabel("L2 radius (in [0,1] pixel units)"), ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1), ax.grid(alpha=0.3)
-    ax.set_title(f"{len(radii)} bundled CIFAR-10 test images, sigma={sigma}", fontsize=9)
+    plot_curve(ax, correct, radius, lw=2)
+    ax.set_title(f"{len(radius)} bundled CIFAR-10 test images, sigma={sigma}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

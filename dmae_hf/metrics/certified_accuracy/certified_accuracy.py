@@ -13,7 +13,7 @@ Load it from the installed package (works offline, HF_HUB_OFFLINE=1):
 import datasets
 import evaluate
 
-from dmae_hf.analysis import DEFAULT_RADII, certified_accuracy
+from dmae_hf.analysis import ABSTAIN, CONFIDENCE, DEFAULT_RADII, certified_accuracy, is_correct
 
 _DESCRIPTION = """
 Certified accuracy at L2 radius r: the fraction of examples whose smoothed prediction is correct (not an abstention,
@@ -64,14 +64,13 @@ class CertifiedAccuracy(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/1902.02918", "https://arxiv.org/abs/2210.06983"],
         )
 
-    def _compute(self, predictions, references, certified_radii, radii=DEFAULT_RADII, confidence=0.95):
-        correct = [p != -1 and p == r for p, r in zip(predictions, references)]
-        stats = certified_accuracy(correct, certified_radii, radii, confidence)
+    def _compute(self, predictions, references, certified_radii, radii=DEFAULT_RADII, confidence=CONFIDENCE):
+        stats = certified_accuracy(is_correct(predictions, references), certified_radii, radii, confidence)
         return {
             "radii": stats["radii"],
             "certified_accuracy": stats["certified_accuracy"],
             "confidence_intervals": [list(ci) for ci in stats["confidence_intervals"]],
             "acr": stats["acr"],
-            "abstention_rate": sum(p == -1 for p in predictions) / len(predictions),
+            "abstention_rate": sum(p == ABSTAIN for p in predictions) / len(predictions),
             "n_images": stats["n_images"],
         }
