@@ -39,7 +39,6 @@ How a run behaves:
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import math
 import os
@@ -51,6 +50,7 @@ from pathlib import Path
 import torch
 
 from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
+from .images import decode_image, load_image_split
 from .smoothing import mix_seed
 
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower", "samples")
@@ -396,56 +396,15 @@ class CertificationLog:
 
 # ------------------------------------------------------------------------------------------------------------- data
 def load_examples(dataset: str, split: str, image_column: str | None, label_column: str):
-    """Stream a split (a local Hub-layout folder or a Hub id) with the images left undecoded.
-
-    Returns `(iterable dataset, image column, number of rows or None)`.
-    """
-    import datasets
-
-    ds = datasets.load_dataset(dataset, split=split, streaming=True)
-    features = ds.features or {}
-    if image_column is None:
-        image_column = next((name for name, f in features.items() if isinstance(f, datasets.Image)), None)
-        if image_column is None:
-            raise ValueError(f"No image column found in {dataset!r} (columns: {list(features)}); pass --image-column.")
-    for name in (image_column, label_column):
-        if features and name not in features:
-            raise ValueError(f"Column {name!r} not in {dataset!r} (columns: {list(features)}).")
-    if isinstance(features.get(image_column), datasets.Image):
-        ds = ds.cast_column(image_column, datasets.Image(decode=False))  # decode ourselves: a bad image is one row
-    if features:
-        ds = ds.select_columns([image_column, label_column])
+    """The split through `dmae_hf.images.load_image_split` (the reader training uses too), images left undecoded
+    (`decode_image` reads each cell, so a bad image costs one row). Returns `(iterable dataset, image column, label
+    column, number of rows or None)`."""
+    ds, image_column, label_column = load_image_split(dataset, split, image_column, label_column)
     try:
         num_rows = ds.info.splits[split].num_examples or None
     except (AttributeError, KeyError, TypeError):
         num_rows = None
-    return ds, image_column, num_rows
-
-
-def decode_image(value, max_pixels=None):
-    """A dataset cell (PIL image, `{"bytes", "path"}`, bytes, path or array) -> a decoded image; `ValueError` if not,
-    or if it has more than `max_pixels` pixels (read from the header, before its pixels are decoded)."""
-    from PIL import Image
-
-    from .pipeline_dmae import check_image_size
-
-    try:
-        if isinstance(value, dict):
-            value = value.get("bytes") or value.get("path")
-        if isinstance(value, (bytes, bytearray)):
-            value = Image.open(io.BytesIO(value))
-        elif isinstance(value, (str, os.PathLike)):
-            value = Image.open(value)
-        if isinstance(value, Image.Image):
-            check_image_size(*value.size, max_pixels)
-            value.load()
-        elif value is None:
-            raise ValueError("no image data")
-    except ValueError:
-        raise
-    except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, struct.error, ...
-        raise ValueError(f"{type(error).__name__}: {error}") from error
-    return value
+    return ds, image_column, label_column, num_rows
 
 
 def selected_indices(num_rows, skip: int, max_index: int):
@@ -573,7 +532,7 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
     summary = {"certified": 0, "skipped_corrupt": 0, "already_done": 0, "rows": None}
     bar, examples = None, iter(())
     try:
-        ds, image_column, num_rows = load_examples(dataset, split, image_column, label_column)
+        ds, image_column, label_column, num_rows = load_examples(dataset, split, image_column, label_column)
         log.check_settings({
             "model": str(pipe.model.name_or_path), "sigma": float(pipe.model.config.smoothing_sigma),
             "dataset": os.path.abspath(dataset) if os.path.isdir(dataset) else dataset, "split": split,

@@ -36,90 +36,18 @@ import torch
 from PIL import Image
 
 from .image_processing_dmae import DMAEImageProcessor
-
-# Column names of known layouts, renamed to `image` / `label`.
-_WDS_COLUMNS = {"jpg": "image", "jpeg": "image", "png": "image", "webp": "image", "cls": "label"}
-
-
-def _looks_local(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 2)[-1] or os.path.exists(path)
-
+from .images import dataset_not_found, decode_image, load_image_split
 
 def load_image_stream(path: str, split: str = "train", image_column: str | None = None,
                       label_column: str | None = "label", token: str | bool | None = None, streaming: bool = True):
-    """`load_dataset(path, split=split, streaming=True)` with clear errors, columns renamed to `image`/`label`
-    (webdataset `jpg`/`cls` included) and the image column left encoded (`Image(decode=False)`).
-
-    Raises `ValueError` (before any training) for a dataset that is neither a local folder nor a reachable Hub id
-    (`dataset_not_found`: the fix, offline mode and gated datasets named), an unknown split (lists the available
-    ones) or an unknown image/label column (lists the columns). `label_column=None` keeps images only.
-    """
-    import datasets
-
-    path = str(path)
-    if (path.startswith((".", "/", "~")) or os.sep + os.sep in path) and not os.path.exists(os.path.expanduser(path)):
-        raise ValueError(dataset_not_found(path, "no such local folder"))
-    path = os.path.expanduser(path)
-    try:
-        builder = datasets.load_dataset_builder(path, token=token)
-    except (FileNotFoundError, ConnectionError) as err:  # DatasetNotFoundError is a FileNotFoundError
-        raise ValueError(dataset_not_found(path, str(err).split("\n")[0])) from err
-    splits = sorted((builder.info.splits or {}).keys()) or sorted(getattr(builder.config, "data_files", None) or {})
-    if splits and split not in splits:
-        raise ValueError(f"Unknown split {split!r} for dataset {path!r}; available splits: {splits}.")
-    ds = datasets.load_dataset(path, split=split, streaming=streaming, token=token)
-    features = ds.features
-    if features is None:  # some builders only know their features after the first example
-        ds = ds._resolve_features()
-        features = ds.features
-    columns = list(features)
-
-    renames = {}
-    if image_column is None:
-        image_column = next((c for c in ("image", "img", *[k for k in _WDS_COLUMNS if k != "cls"]) if c in columns),
-                            None)
-        if image_column is None:
-            raise ValueError(f"No image column found in {path!r}; columns are {columns}. Pass --image-column.")
-    if image_column not in columns:
-        raise ValueError(f"Unknown image column {image_column!r} in {path!r}; columns are {columns}.")
-    if image_column != "image":
-        renames[image_column] = "image"
-    if label_column is not None:
-        if label_column not in columns and label_column == "label" and "cls" in columns:
-            label_column = "cls"
-        if label_column not in columns:
-            raise ValueError(f"Unknown label column {label_column!r} in {path!r}; columns are {columns}.")
-        if label_column != "label":
-            renames[label_column] = "label"
-    keep = [image_column] + ([label_column] if label_column is not None else [])
-    ds = ds.select_columns(keep)
-    if renames:
-        ds = ds.rename_columns(renames)
-    if isinstance(ds.features["image"], datasets.Image):
-        ds = ds.cast_column("image", datasets.Image(decode=False))
-    return ds
-
-
-def dataset_not_found(path: str, reason: str) -> str:
-    """The message for a `--dataset` that is neither a local folder nor a reachable Hub dataset: why, and how to
-    fix it (offline mode and gated datasets named)."""
-    local = os.path.isdir(os.path.expanduser(path))
-    message = (f"Dataset {path!r} is neither a local dataset folder nor a reachable Hub dataset id ({reason}). "
-               f"Pass a Hub id such as uoft-cs/cifar10 or ILSVRC/imagenet-1k, or a local copy in the Hub layout "
-               f"(e.g. $DMAE_DATA_DIR/cifar10): a folder with data/{{split}}-*.parquet (the layout push_to_hub "
-               f"writes) or a DatasetDict written by save_to_disk.")
-    if local:
-        message = (f"Dataset folder {path!r} holds no dataset in the Hub layout ({reason}); it needs "
-                   f"data/{{split}}-*.parquet files (the layout push_to_hub writes) or a DatasetDict written by "
-                   f"save_to_disk, or pass a Hub id such as uoft-cs/cifar10.")
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE and not local:
-        message += " Offline mode is on (HF_HUB_OFFLINE=1): the Hub is not asked; unset it or use a local copy."
-    if "gated" in reason:
-        message += (" The dataset is gated: request access on its Hub page, then pass --token or set HF_TOKEN "
-                    "(or run `hf auth login`).")
-    return message
+    """`dmae_hf.images.load_image_split` (the reader `dmae certify` uses too: one rule finds the image column, the
+    images stay encoded, clear errors before any training) with the columns renamed to `image`/`label`.
+    `label_column=None` keeps images only."""
+    ds, image_column, label_column = load_image_split(path, split, image_column, label_column, token=token,
+                                                      streaming=streaming)
+    renames = {image_column: "image", label_column: "label"}
+    renames = {old: new for old, new in renames.items() if old is not None and old != new}
+    return ds.rename_columns(renames) if renames else ds
 
 
 def num_classes_of(ds) -> int | None:
@@ -188,19 +116,9 @@ class ImageDecoder:
         self.num_labels = num_labels
 
     def decode(self, image) -> np.ndarray:
-        pil = Image.open(io.BytesIO(_image_bytes(image))) if not isinstance(image, Image.Image) else image
-        pil = self.processor.to_pil(pil)
-        p = self.processor
-        if p.do_resize:
-            w, h = pil.size
-            scale = p.resize_shortest_edge / min(w, h)
-            pil = pil.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
-        if p.do_center_crop:
-            w, h = pil.size
-            c = p.crop_size
-            left, top = int(round((w - c) / 2.0)), int(round((h - c) / 2.0))
-            pil = pil.crop((left, top, left + c, top + c))
-        return np.asarray(pil, dtype=np.uint8).transpose(2, 0, 1).copy()
+        """An image value (see `dmae_hf.images.decode_image`) -> `uint8` (3, H, W), resized and cropped by the
+        processor."""
+        return self.processor.to_array(self.processor.resize_and_crop(decode_image(image)), rescale=False)
 
     def __call__(self, example: dict) -> dict:
         out = {"pixel_values": self.decode(example["image"]), "example_id": example_id(example["image"])}

@@ -32,6 +32,48 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def to_rgb(image) -> Image.Image:
+    """Any supported input as an 8-bit RGB PIL image, or a `ValueError` that names the problem."""
+    if isinstance(image, Image.Image):
+        if 0 in image.size:
+            raise ValueError(f"Empty image of {image.size[0]}x{image.size[1]} pixels: an image needs at least "
+                             "one pixel.")
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: keep the top 8 bits
+            arr = np.asarray(image, dtype=np.float64)
+            scale = 65535.0 if arr.max() > 255 or image.mode.startswith("I;16") else 255.0
+            image = Image.fromarray(np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        elif image.mode == "F":
+            raise ValueError("Float ('F' mode) PIL images are not supported; pass a float array in [0, 1].")
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        return image.convert("RGB")
+    if hasattr(image, "numpy") and not isinstance(image, np.ndarray):  # torch tensor
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"Unsupported image type {type(image).__name__}; pass a PIL image, a numpy array, a "
+                         "tensor or an image file path.")
+    arr = channels_last(image)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"Unsupported image array shape {image.shape}: expected (H, W), (H, W, 3|4) or "
+                         "(3|4, H, W).")
+    if arr.size == 0:
+        raise ValueError(f"Empty image array of shape {image.shape}: an image needs at least one pixel.")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError("Image array contains NaN or Inf values.")
+        if arr.min() < 0 or arr.max() > 1:
+            raise ValueError(f"Float image arrays must be in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}].")
+        arr = np.round(arr * 255.0).astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ValueError(f"Unsupported image dtype {arr.dtype}: use uint8, uint16 or float in [0, 1].")
+    mode = {2: "L", 3: "RGB", 4: "RGBA"}[1 if arr.ndim == 2 else arr.shape[-1]] if arr.ndim == 3 else "L"
+    return to_rgb(Image.fromarray(arr, mode=mode))
+
+
 class DMAEImageProcessor(BaseImageProcessor):
     r"""
     Turns images into `pixel_values` in **[0, 1]**: RGB conversion, optional resize of the shortest edge and center
@@ -71,45 +113,8 @@ class DMAEImageProcessor(BaseImageProcessor):
         return cls(do_resize=False, do_center_crop=False, crop_size=32)
 
     def to_pil(self, image) -> Image.Image:
-        """Any supported input as an 8-bit RGB PIL image, or a `ValueError` that names the problem."""
-        if isinstance(image, Image.Image):
-            if 0 in image.size:
-                raise ValueError(f"Empty image of {image.size[0]}x{image.size[1]} pixels: an image needs at least "
-                                 "one pixel.")
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: keep the top 8 bits
-                arr = np.asarray(image, dtype=np.float64)
-                scale = 65535.0 if arr.max() > 255 or image.mode.startswith("I;16") else 255.0
-                image = Image.fromarray(np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8))
-            elif image.mode == "F":
-                raise ValueError("Float ('F' mode) PIL images are not supported; pass a float array in [0, 1].")
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                image = image.convert("RGBA")
-                background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(background, image)
-            return image.convert("RGB")
-        if hasattr(image, "numpy") and not isinstance(image, np.ndarray):  # torch tensor
-            image = image.detach().cpu().numpy()
-        if not isinstance(image, np.ndarray):
-            raise ValueError(f"Unsupported image type {type(image).__name__}; pass a PIL image, a numpy array, a "
-                             "tensor or an image file path.")
-        arr = channels_last(image)
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-            raise ValueError(f"Unsupported image array shape {image.shape}: expected (H, W), (H, W, 3|4) or "
-                             "(3|4, H, W).")
-        if arr.size == 0:
-            raise ValueError(f"Empty image array of shape {image.shape}: an image needs at least one pixel.")
-        if np.issubdtype(arr.dtype, np.floating):
-            if not np.isfinite(arr).all():
-                raise ValueError("Image array contains NaN or Inf values.")
-            if arr.min() < 0 or arr.max() > 1:
-                raise ValueError(f"Float image arrays must be in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}].")
-            arr = np.round(arr * 255.0).astype(np.uint8)
-        elif arr.dtype == np.uint16:
-            arr = (arr >> 8).astype(np.uint8)
-        elif arr.dtype != np.uint8:
-            raise ValueError(f"Unsupported image dtype {arr.dtype}: use uint8, uint16 or float in [0, 1].")
-        mode = {2: "L", 3: "RGB", 4: "RGBA"}[1 if arr.ndim == 2 else arr.shape[-1]] if arr.ndim == 3 else "L"
-        return self.to_pil(Image.fromarray(arr, mode=mode))
+        """Any supported input as an 8-bit RGB PIL image (`to_rgb`)."""
+        return to_rgb(image)
 
     def resize_and_crop(self, image) -> Image.Image:
         """`to_pil`, then the processor's own resize and center crop."""
@@ -126,8 +131,11 @@ class DMAEImageProcessor(BaseImageProcessor):
                                                                     size)
 
     @staticmethod
-    def to_array(image: Image.Image) -> np.ndarray:
-        """An RGB PIL image -> float32 array (3, H, W) in [0, 1]."""
+    def to_array(image: Image.Image, rescale: bool = True) -> np.ndarray:
+        """An RGB PIL image -> float32 array (3, H, W) in [0, 1]; `rescale=False`: its `uint8` values (a contiguous
+        copy, for batching)."""
+        if not rescale:
+            return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
         return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
     def process_one(self, image, size=None) -> np.ndarray:
@@ -149,4 +157,4 @@ class DMAEImageProcessor(BaseImageProcessor):
         return BatchFeature(data={"pixel_values": np.stack(arrays)}, tensor_type=return_tensors)
 
 
-__all__ = ["DMAEImageProcessor", "center_crop", "channels_last", "resize_shortest_edge"]
+__all__ = ["DMAEImageProcessor", "center_crop", "channels_last", "resize_shortest_edge", "to_rgb"]

@@ -11,16 +11,14 @@
 
 import os
 import types
-import warnings
 
-import numpy as np
 import torch
-from PIL import Image
 from transformers import Pipeline
 from transformers.utils import logging
 
 from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
-from .image_processing_dmae import DMAEImageProcessor, channels_last
+from .image_processing_dmae import DMAEImageProcessor
+from .images import check_image_size, decode_image
 from .modeling_dmae import check_pixel_values
 
 logger = logging.get_logger(__name__)
@@ -49,38 +47,10 @@ def parse_autocast_dtype(value):
     return AUTOCAST_DTYPES[value]
 
 
-def check_image_size(width, height, max_pixels, what="The image"):
-    """A `ValueError` when a width x height image exceeds `max_pixels`, before anything is decoded or allocated."""
-    if max_pixels is not None and width * height > max_pixels:
-        raise ValueError(f"{what} has {width}x{height} = {width * height / 1e6:.1f} megapixels, more than "
-                         f"max_pixels = {max_pixels:,}: downscale it first, or pass a larger max_pixels.")
-
-
 def load_image_file(path, max_pixels=None):
-    """Open an image file with PIL, check its size from the header (`max_pixels`), then decode it now, so that a
-    corrupt, missing or oversized file fails here with a `ValueError`."""
-    from PIL import UnidentifiedImageError
-
-    name = str(path)
-    if os.path.isdir(path):
-        raise ValueError(f"{name!r} is a directory, not an image file: pass the image files it contains.")
-    if not os.path.isfile(path):
-        raise ValueError(f"No image file at {name!r}: check the path.")
-    try:
-        with warnings.catch_warnings():  # the size check below is ours
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-        try:
-            check_image_size(*image.size, max_pixels, what=f"The image {name!r}")
-        except ValueError:
-            image.close()
-            raise
-        image.load()
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"The image {name!r} is too large to decode: {error} Downscale it first.") from error
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"Cannot read the image {name!r}: {error}") from error
-    return image
+    """An image file, decoded now by `dmae_hf.images.decode_image` (size checked from the header), so that a corrupt,
+    missing or oversized file fails here with a `ValueError`."""
+    return decode_image(os.fspath(path), max_pixels)
 
 
 class RandomizedSmoothingPipeline(Pipeline):
@@ -196,18 +166,9 @@ class RandomizedSmoothingPipeline(Pipeline):
 
     def _pixel_values(self, image, max_pixels, resize):
         size = self.model.config.image_size
-        if isinstance(image, (str, os.PathLike)):
-            image = load_image_file(image, max_pixels)
-        if isinstance(image, torch.Tensor):
-            if image.ndim == 3 and image.is_floating_point():
-                return self._float_tensor(image, size)
-            image = image.detach().cpu().numpy()
-        if isinstance(image, np.ndarray):
-            array = channels_last(image)
-            if array.ndim in (2, 3):
-                check_image_size(array.shape[1], array.shape[0], max_pixels)
-        elif isinstance(image, Image.Image):  # the size is known before decoding
-            check_image_size(*image.size, max_pixels)
+        if isinstance(image, torch.Tensor) and image.ndim == 3 and image.is_floating_point():
+            return self._float_tensor(image, size)
+        image = decode_image(image, max_pixels)
         processor = self.image_processor
         if not isinstance(processor, DMAEImageProcessor):
             pixel_values = processor(image, return_tensors="pt")["pixel_values"]
@@ -276,4 +237,4 @@ class RandomizedSmoothingPipeline(Pipeline):
         }
 
 
-__all__ = ["RandomizedSmoothingPipeline", "check_image_size", "load_image_file", "parse_autocast_dtype"]
+__all__ = ["RandomizedSmoothingPipeline", "check_image_size", "load_image_file", "parse_autocast_dtype"]  # the first two: from dmae_hf.images
