@@ -1,4 +1,4 @@
-"""Training recipe pieces (`dmae_hf.training`, `dmae_hf.augment`) and the example scripts end to end on the real
+"""Training recipe pieces (`dmae_hf.training.optim`, `dmae_hf.augment`) and the example scripts end to end on the real
 CIFAR-10 shards with the tiny preset: one process and two CPU processes (torchrun + ACCELERATE_USE_CPU), loss going
 down, exact resume, clear errors on bad input before training, and the CIFAR-10 transfer pushed to a loopback Hub,
 loaded back and certified."""
@@ -21,12 +21,8 @@ from hub_server import FakeHub
 
 from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification
 from dmae_hf.augment import DeviceAugment, MixupCutmix
-from dmae_hf.training import (
-    lr_at,
-    param_groups_layer_decay,
-    param_groups_weight_decay,
-    read_metrics,
-)
+from dmae_hf.training.optim import lr_at, param_groups_layer_decay, param_groups_weight_decay
+from dmae_hf.training.tracking import read_metrics
 
 # Two shared cores: one torch thread per process (two threads under contention made a tiny step 100x slower).
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), MPLBACKEND="Agg")
