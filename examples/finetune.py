@@ -241,7 +241,9 @@ def main(argv=None) -> int:
     train(accelerator, model, optimizer, train_dl, data.train, schedule, state, checkpoints, tracker, optim, run,
           loss_fn, on_epoch_end=on_epoch_end, desc="finetune")
 
-    final_metrics = evaluate(model, val_dl, accelerator, config.smoothing_sigma, optim.seed) if val_dl is not None else {}
+    final_metrics = {}
+    if val_dl is not None:
+        final_metrics = evaluate(model, val_dl, accelerator, config.smoothing_sigma, optim.seed)
     if final_metrics:
         tracker.log({**final_metrics, "final": True}, state.step)
         accelerator.print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in final_metrics.items()))

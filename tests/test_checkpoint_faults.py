@@ -2,9 +2,9 @@
 
 - kill -9 at 10 points of the save sequence, then `--resume`: the run ends with exactly the parameters of the
   uninterrupted run and `metrics.jsonl` holds every step once. 7 kills are SIGKILLs the process sends itself at a
-  named point of the save sequence (`DMAE_CHECKPOINT_FAULT=<step>:<point>`, the hook in `dmae_hf.training.checkpoints`); 3 are
-  SIGKILLs sent by this test at a random delay (0-30 ms) after a save began (they land wherever the process is:
-  mid-file, between files, or already training the next step);
+  named point of the save sequence (`DMAE_CHECKPOINT_FAULT=<step>:<point>`, the hook in
+  `dmae_hf.training.checkpoints`); 3 are SIGKILLs sent by this test at a random delay (0-30 ms) after a save began
+  (they land wherever the process is: mid-file, between files, or already training the next step);
 - planted pickles (a `__reduce__` that creates a marker file) in every pickle-ish file name of a checkpoint, and in
   place of each of our own files: `--resume` never unpickles, it ignores them or refuses with a clear error.
 

@@ -232,7 +232,8 @@ class Checkpoints:
                              f"examples/accelerate_configs/multi_gpu.yaml.")
         if keep < 0:
             raise ValueError(f"--keep-checkpoints must be >= 0 (0 keeps all), got {keep}.")
-        self.accelerator, self.model, self.optimizer, self.state, self.keep = accelerator, model, optimizer, state, keep
+        self.accelerator, self.model, self.optimizer, self.state = accelerator, model, optimizer, state
+        self.keep = keep
         self.root = os.path.join(output_dir, "checkpoints")
 
     def save(self, tracker: JsonlTracker | None = None) -> str:
@@ -289,7 +290,7 @@ class Checkpoints:
         if not self.keep:
             return
         complete, _ = find_checkpoints(os.path.dirname(self.root))
-        for old_step, path in complete[:-self.keep]:
+        for _, path in complete[:-self.keep]:
             trash = os.path.join(self.root, f".trash-{os.path.basename(path)}")
             os.rename(path, trash)
             _fault_point(step, "pruning")
@@ -308,8 +309,8 @@ class Checkpoints:
             path = complete[-1][1] if complete else None
             ignored = "; ignored incomplete: " + ", ".join(f"{os.path.basename(p)} ({why})" for p, why in
                                                             incomplete) if incomplete else ""
-            acc.print(f"resume: {'from ' + path if path else 'no complete checkpoint in ' + self.root + ', starting at step 0'}"
-                      f"{ignored}")
+            where = f"from {path}" if path else f"no complete checkpoint in {self.root}, starting at step 0"
+            acc.print(f"resume: {where}{ignored}")
             if path is None:
                 return None
         else:

@@ -13,8 +13,8 @@ class DataSetup:
     """The streams of one run, built and checked before any training: `train` (decoded, shuffled), `val`
     (decoded, unshuffled, or None), `train_size` (examples per epoch or None), `num_classes`, `class_names`,
     `small` (images of 64 px or less kept as they are), `crop_scale` and `augment_size` (what `DeviceAugment`
-    takes). `seed` orders the shuffle; `default_scale` is the
-    RandomResizedCrop scale used for images of 128 px and more when `--crop-scale` is not given."""
+    takes). `seed` orders the shuffle; `default_scale` is the RandomResizedCrop scale used for images of 128 px
+    and more when `--crop-scale` is not given."""
 
     def __init__(self, data_args: DataArguments, image_size: int, with_labels: bool, seed: int,
                  num_labels: int | None = None, default_scale: tuple[float, float] = DEFAULT_CROP_SCALE["pretrain"]):
@@ -54,7 +54,8 @@ class DataSetup:
         train_raw, val_raw = data.hold_out(raw, data_args.val_size)
         total = data_args.train_size
         if total is None:
-            total = data_args.max_train_examples or data.count_examples(data_args.dataset, data_args.split, token=data_args.token)
+            total = data_args.max_train_examples or data.count_examples(data_args.dataset, data_args.split,
+                                                                        token=data_args.token)
             if total is not None and not data_args.max_train_examples:
                 total -= data_args.val_size
         self.train_size = total

@@ -37,8 +37,12 @@ def save_reconstruction(model, pixel_values: torch.Tensor, path: str, num_images
     std = torch.tensor(model.config.image_std, device=x.device).view(1, -1, 1, 1)
     recon = model.unpatchify(pred) * std + mean
     size = recon.shape[-1]
-    resize = (lambda t: torch.nn.functional.interpolate(t, size=(size, size), mode="bicubic", align_corners=False)
-              if t.shape[-1] != size else t)
+
+    def resize(t):
+        if t.shape[-1] == size:
+            return t
+        return torch.nn.functional.interpolate(t, size=(size, size), mode="bicubic", align_corners=False)
+
     clean, noisy_r = resize(x), resize(noisy)
     p = model.config.patch_size
     mask = out.mask.view(-1, size // p, size // p).repeat_interleave(p, 1).repeat_interleave(p, 2).unsqueeze(1)
