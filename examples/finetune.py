@@ -33,27 +33,19 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a source checkout
 
-from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcessor, defaults  # noqa: E402
+from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, defaults  # noqa: E402
 from dmae_hf.augment import DeviceAugment, MixupCutmix, to_float  # noqa: E402
 from dmae_hf.modeling_dmae import add_gaussian_noise  # noqa: E402
-from dmae_hf.training import (  # noqa: E402
-    Checkpoints,
-    DataSetup,
+from dmae_hf.training.arguments import (  # noqa: E402
+    DEFAULT_CROP_SCALE,
     HelpFormatter,
-    JsonlLogger,
-    TrainState,
     add_common_args,
-    lr_at,
-    make_accelerator,
-    model_overrides,
-    param_groups_layer_decay,
-    push_folder_to_hub,
-    rng_neutral,
     run_main,
-    schedule_lengths,
-    set_epoch,
-    set_lr,
+    training_arguments,
 )
+from dmae_hf.training.loop import make_accelerator, push_folder_to_hub, save_final, start_run, train  # noqa: E402
+from dmae_hf.training.optim import param_groups_layer_decay, schedule_lengths  # noqa: E402
+from dmae_hf.training.streams import DataSetup  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +87,7 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
-def build_model(args, num_labels: int, class_names) -> DMAEForSmoothedClassification:
+def build_model(args, common, num_labels: int, class_names) -> DMAEForSmoothedClassification:
     overrides = dict(smoothing_sigma=args.sigma, consistency_lambda=args.consistency_lambda,
                      consistency_eta=args.consistency_eta, num_noise_samples=args.num_noise_samples,
                      label_smoothing=args.label_smoothing, drop_path_rate=args.drop_path, num_labels=num_labels)
@@ -103,11 +95,12 @@ def build_model(args, num_labels: int, class_names) -> DMAEForSmoothedClassifica
         overrides.update(id2label=dict(enumerate(class_names)), label2id={n: i for i, n in enumerate(class_names)})
     if args.pooling:
         overrides["pooling"] = args.pooling
+    arch = common.model.config_overrides(common.data.dataset)
     if args.from_scratch:
-        return DMAEForSmoothedClassification(DMAEConfig.from_preset(args.preset, **model_overrides(args), **overrides))
-    arch = {k: v for k, v in model_overrides(args).items() if k in ("image_mean", "image_std", "image_size")}
-    if args.normalization == "auto":  # keep the checkpoint's statistics unless the dataset is CIFAR
-        arch = {k: v for k, v in arch.items() if k == "image_size" or "cifar" in str(args.dataset).lower()}
+        return DMAEForSmoothedClassification(DMAEConfig.from_preset(common.model.preset, **arch, **overrides))
+    arch = {k: v for k, v in arch.items() if k in ("image_mean", "image_std", "image_size")}
+    if common.model.normalization == "auto":  # keep the checkpoint's statistics unless the dataset is CIFAR
+        arch = {k: v for k, v in arch.items() if k == "image_size" or "cifar" in str(common.data.dataset).lower()}
     model, info = DMAEForSmoothedClassification.from_pretrained(args.model, output_loading_info=True, **arch,
                                                                 **overrides)
     if any(k.startswith("classifier.") for k in info["missing_keys"]):  # new head, as MAE: trunc_normal(2e-5)
@@ -201,94 +194,62 @@ def model_card(name: str, config, results: dict | None, args) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    accelerator = make_accelerator(args)
+    common = training_arguments(args)
+    optim, run = common.optim, common.run
+    accelerator = make_accelerator(optim, run)
     from accelerate.utils import set_seed
 
-    set_seed(args.seed)
-    data = DataSetup(args, args.image_size or _image_size(args), with_labels=True, num_labels=args.num_labels,
-                     default_scale=(0.08, 1.0))
-    model = build_model(args, data.num_classes, data.class_names)
+    set_seed(optim.seed)
+    data = DataSetup(common.data, common.model.image_size or _image_size(args), with_labels=True, seed=optim.seed,
+                     num_labels=args.num_labels, default_scale=DEFAULT_CROP_SCALE["finetune"])
+    model = build_model(args, common, data.num_classes, data.class_names)
     config = model.config
     augment = DeviceAugment(data.augment_size, scale=data.crop_scale, hflip=True, randaug_n=args.randaug,
                             randaug_m=args.randaug_m, erase_prob=args.reprob).to(accelerator.device)
     mixer = MixupCutmix(data.num_classes, args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob)
-    total_steps, warmup_steps, lr = schedule_lengths(args, accelerator, data.train_size)
+    schedule = schedule_lengths(optim, accelerator.num_processes, data.train_size)
 
-    groups = param_groups_layer_decay(model, args.weight_decay, args.layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
-    train_dl = data.loader(data.train, args.batch_size, args.num_workers)
-    val_dl = data.loader(data.val, args.batch_size, 0) if data.val is not None else None
+    groups = param_groups_layer_decay(model, optim.weight_decay, args.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.999))
+    train_dl = data.loader(data.train, optim.batch_size, common.data.num_workers)
+    val_dl = data.loader(data.val, optim.batch_size, 0) if data.val is not None else None
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     if val_dl is not None:
         val_dl = accelerator.prepare(val_dl)
-    state = TrainState()
-    checkpoints = Checkpoints(accelerator, args.output_dir, model, optimizer, state, keep=args.keep_checkpoints)
-    resumed = checkpoints.resume(args.resume)
-    logger = JsonlLogger(args.output_dir, accelerator.is_main_process, resumed=state if resumed else None,
-                         config=dict(vars(args), total_steps=total_steps, warmup_steps=warmup_steps, lr=lr,
-                                     num_processes=accelerator.num_processes, model=config.to_dict()))
+    state, checkpoints, tracker, resumed = start_run(
+        accelerator, model, optimizer, run,
+        config=dict(vars(args), total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps,
+                    lr=schedule.lr, num_processes=accelerator.num_processes, model=config.to_dict()))
     accelerator.print(f"DMAE fine-tuning: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-                      f"{data.num_classes} classes, {total_steps} steps (warmup {warmup_steps}), lr {lr:.3g}, "
-                      f"sigma {config.smoothing_sigma}, {accelerator.num_processes} process(es)"
+                      f"{data.num_classes} classes, {schedule.total_steps} steps (warmup {schedule.warmup_steps}), "
+                      f"lr {schedule.lr:.3g}, sigma {config.smoothing_sigma}, {accelerator.num_processes} process(es)"
                       f"{', resumed from ' + resumed if resumed else ''}")
 
-    progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="finetune")
-    model.train()
-    running, count = 0.0, 0
-    while state.step < total_steps:
-        set_epoch(train_dl, data.train, state.epoch)
-        skip, seen = state.batches_in_epoch, 0
-        for batch_index, batch in enumerate(rng_neutral(train_dl)):
-            if batch_index < skip:
-                continue
-            seen += 1
-            with accelerator.accumulate(model):
-                images = augment(batch["pixel_values"])
-                images, targets = mixer(images, batch["labels"]) if mixer.active else (images, batch["labels"])
-                loss = model(pixel_values=images, labels=targets).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    set_lr(optimizer, lr_at(state.step, total_steps, warmup_steps, lr, args.min_lr))
-                    if args.clip_grad:
-                        accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.batches_in_epoch = batch_index + 1
-            running, count = running + loss.detach().float().item(), count + 1
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            progress.update(1)
-            if state.step % args.log_every == 0 or state.step == total_steps:
-                lr_now = max(g["lr"] for g in optimizer.param_groups)
-                logger.log({"loss": running / count, "lr": lr_now, "epoch": state.epoch}, state.step)
-                progress.set_postfix(loss=f"{running / count:.4f}")
-                running, count = 0.0, 0
-            if (args.save_every and state.step % args.save_every == 0) or state.step == total_steps:
-                checkpoints.save(logger)
-            if state.step >= total_steps:
-                break
-        else:
-            if seen == 0 and skip == 0:
-                raise ValueError("The training stream yielded no batch.")
-            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-            if val_dl is not None and args.eval_every and state.epoch % args.eval_every == 0:
-                metrics = evaluate(model, val_dl, accelerator, config.smoothing_sigma, args.seed)
-                logger.log({**metrics, "epoch": state.epoch}, state.step)
-                accelerator.print(f"epoch {state.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    progress.close()
+    def loss_fn(model, batch):
+        images = augment(batch["pixel_values"])
+        images, targets = mixer(images, batch["labels"]) if mixer.active else (images, batch["labels"])
+        return model(pixel_values=images, labels=targets).loss
 
-    final_metrics = evaluate(model, val_dl, accelerator, config.smoothing_sigma, args.seed) if val_dl is not None else {}
+    def on_epoch_end(state) -> None:
+        if val_dl is not None and args.eval_every and state.epoch % args.eval_every == 0:
+            metrics = evaluate(model, val_dl, accelerator, config.smoothing_sigma, optim.seed)
+            tracker.log({**metrics, "epoch": state.epoch}, state.step)
+            accelerator.print(f"epoch {state.epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    train(accelerator, model, optimizer, train_dl, data.train, schedule, state, checkpoints, tracker, optim, run,
+          loss_fn, on_epoch_end=on_epoch_end, desc="finetune")
+
+    final_metrics = {}
+    if val_dl is not None:
+        final_metrics = evaluate(model, val_dl, accelerator, config.smoothing_sigma, optim.seed)
     if final_metrics:
-        logger.log({**final_metrics, "final": True}, state.step)
+        tracker.log({**final_metrics, "final": True}, state.step)
         accelerator.print("final: " + ", ".join(f"{k} {v:.4g}" for k, v in final_metrics.items()))
     accelerator.wait_for_everyone()
     final = os.path.join(args.output_dir, "final")
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(final)
-        processor = DMAEImageProcessor.for_cifar10() if data.small else DMAEImageProcessor(crop_size=config.image_size)
-        processor.save_pretrained(final)
+        save_final(unwrapped, final, data.small)
         results = dict(final_metrics)
         if data.val is not None and args.certify_examples > 0:
             summary = quick_certify(unwrapped, data.val, args, final, accelerator.device)
@@ -302,7 +263,7 @@ def main(argv=None) -> int:
             f.write(model_card(name, unwrapped.config, results, args))
         if args.push_to_hub:
             print("pushed:", push_folder_to_hub(final, args.push_to_hub, token=args.token))
-    logger.close()
+    tracker.finish()
     accelerator.end_training()
     return 0
 

@@ -24,31 +24,16 @@ import os
 import sys
 
 import torch
-from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a source checkout
 
-from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEImageProcessor  # noqa: E402
+from dmae_hf import DMAEConfig, DMAEForPreTraining  # noqa: E402
 from dmae_hf.augment import DeviceAugment  # noqa: E402
-from dmae_hf.training import (  # noqa: E402
-    Checkpoints,
-    DataSetup,
-    HelpFormatter,
-    JsonlLogger,
-    TrainState,
-    add_common_args,
-    lr_at,
-    make_accelerator,
-    model_overrides,
-    param_groups_weight_decay,
-    push_folder_to_hub,
-    rng_neutral,
-    run_main,
-    save_reconstruction,
-    schedule_lengths,
-    set_epoch,
-    set_lr,
-)
+from dmae_hf.training.arguments import HelpFormatter, add_common_args, run_main, training_arguments  # noqa: E402
+from dmae_hf.training.loop import make_accelerator, push_folder_to_hub, save_final, start_run, train  # noqa: E402
+from dmae_hf.training.optim import param_groups_weight_decay, schedule_lengths  # noqa: E402
+from dmae_hf.training.streams import DataSetup  # noqa: E402
+from dmae_hf.training.visualize import save_reconstruction  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,101 +56,66 @@ def parse_args(argv=None):
     return args
 
 
-def build_model(args) -> DMAEForPreTraining:
-    overrides = model_overrides(args)
+def build_model(args, common) -> DMAEForPreTraining:
+    overrides = common.model.config_overrides(common.data.dataset)
     overrides.update(noise_sigma=0.0 if args.mae else args.sigma, mask_ratio=args.mask_ratio,
                      loss_on_all_patches=not args.mae, norm_pix_loss=not args.no_norm_pix_loss)
     if args.init_from:
         return DMAEForPreTraining.from_pretrained(args.init_from, **overrides)
-    return DMAEForPreTraining(DMAEConfig.from_preset(args.preset, **overrides))
+    return DMAEForPreTraining(DMAEConfig.from_preset(common.model.preset, **overrides))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    accelerator = make_accelerator(args)
+    common = training_arguments(args)
+    optim, run = common.optim, common.run
+    accelerator = make_accelerator(optim, run)
     from accelerate.utils import set_seed
 
-    set_seed(args.seed)
-    model = build_model(args)
+    set_seed(optim.seed)
+    model = build_model(args, common)
     config = model.config
-    data = DataSetup(args, config.image_size, with_labels=False)
+    data = DataSetup(common.data, config.image_size, with_labels=False, seed=optim.seed)
     augment = DeviceAugment(data.augment_size, scale=data.crop_scale, hflip=True).to(accelerator.device)
-    total_steps, warmup_steps, lr = schedule_lengths(args, accelerator, data.train_size)
+    schedule = schedule_lengths(optim, accelerator.num_processes, data.train_size)
 
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=lr, betas=(0.9, 0.95))
-    train_dl = data.loader(data.train, args.batch_size, args.num_workers)
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, optim.weight_decay), lr=schedule.lr,
+                                  betas=(0.9, 0.95))
+    train_dl = data.loader(data.train, optim.batch_size, common.data.num_workers)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
-    state = TrainState()
-    checkpoints = Checkpoints(accelerator, args.output_dir, model, optimizer, state, keep=args.keep_checkpoints)
-    resumed = checkpoints.resume(args.resume)
-
-    logger = JsonlLogger(args.output_dir, accelerator.is_main_process, resumed=state if resumed else None,
-                         config=dict(vars(args), total_steps=total_steps, warmup_steps=warmup_steps, lr=lr,
-                                     num_processes=accelerator.num_processes, model=config.to_dict()))
+    state, checkpoints, tracker, resumed = start_run(
+        accelerator, model, optimizer, run,
+        config=dict(vars(args), total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps,
+                    lr=schedule.lr, num_processes=accelerator.num_processes, model=config.to_dict()))
     recon_batch = None
     if accelerator.is_main_process and args.recon_every:
         source = data.val if data.val is not None else data.train
         recon_batch = next(iter(data.loader(source, 8, 0)))["pixel_values"].to(accelerator.device)
     accelerator.print(f"DMAE pre-training: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-                      f"{total_steps} steps (warmup {warmup_steps}), lr {lr:.3g}, "
+                      f"{schedule.total_steps} steps (warmup {schedule.warmup_steps}), lr {schedule.lr:.3g}, "
                       f"{accelerator.num_processes} process(es){', resumed from ' + resumed if resumed else ''}")
 
-    progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_main_process, desc="pretrain")
-    model.train()
-    running, count = 0.0, 0
-    while state.step < total_steps:
-        set_epoch(train_dl, data.train, state.epoch)
-        skip, seen = state.batches_in_epoch, 0
-        for batch_index, batch in enumerate(rng_neutral(train_dl)):
-            if batch_index < skip:  # resuming mid-epoch: the same order, already-consumed batches dropped
-                continue
-            seen += 1
-            with accelerator.accumulate(model):
-                images = augment(batch["pixel_values"])
-                loss = model(pixel_values=images).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    set_lr(optimizer, lr_at(state.step, total_steps, warmup_steps, lr, args.min_lr))
-                    if args.clip_grad:
-                        accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.batches_in_epoch = batch_index + 1
-            running, count = running + loss.detach().float().item(), count + 1
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            progress.update(1)
-            if state.step % args.log_every == 0 or state.step == total_steps:
-                metrics = {"loss": running / count, "lr": optimizer.param_groups[-1]["lr"], "epoch": state.epoch}
-                logger.log(metrics, state.step)
-                progress.set_postfix(loss=f"{metrics['loss']:.4f}")
-                running, count = 0.0, 0
-            if recon_batch is not None and state.step % args.recon_every == 0:
-                save_reconstruction(accelerator.unwrap_model(model), recon_batch,
-                                    os.path.join(args.output_dir, "reconstructions", f"step_{state.step:07d}.png"))
-            if (args.save_every and state.step % args.save_every == 0) or state.step == total_steps:
-                checkpoints.save(logger)
-            if state.step >= total_steps:
-                break
-        else:
-            if seen == 0 and skip == 0:
-                raise ValueError("The training stream yielded no batch.")
-            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-    progress.close()
+    def loss_fn(model, batch):
+        return model(pixel_values=augment(batch["pixel_values"])).loss
+
+    def on_step(step: int) -> None:
+        if recon_batch is not None and step % args.recon_every == 0:
+            save_reconstruction(accelerator.unwrap_model(model), recon_batch,
+                                os.path.join(run.output_dir, "reconstructions", f"step_{step:07d}.png"))
+
+    train(accelerator, model, optimizer, train_dl, data.train, schedule, state, checkpoints, tracker, optim, run,
+          loss_fn, on_step=on_step, desc="pretrain")
 
     accelerator.wait_for_everyone()
-    final = os.path.join(args.output_dir, "final")
+    final = os.path.join(run.output_dir, "final")
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(final)
-        processor = DMAEImageProcessor.for_cifar10() if data.small else DMAEImageProcessor(crop_size=config.image_size)
-        processor.save_pretrained(final)
+        save_final(unwrapped, final, data.small)
         if recon_batch is not None:
             save_reconstruction(unwrapped, recon_batch, os.path.join(final, "reconstruction.png"))
-        if args.push_to_hub:
-            print("pushed:", push_folder_to_hub(final, args.push_to_hub, token=args.token))
-    logger.close()
+        if run.push_to_hub:
+            print("pushed:", push_folder_to_hub(final, run.push_to_hub, token=common.data.token))
+    tracker.finish()
     accelerator.end_training()
     return 0
 

@@ -2,9 +2,9 @@
 
 - kill -9 at 10 points of the save sequence, then `--resume`: the run ends with exactly the parameters of the
   uninterrupted run and `metrics.jsonl` holds every step once. 7 kills are SIGKILLs the process sends itself at a
-  named point of the save sequence (`DMAE_CHECKPOINT_FAULT=<step>:<point>`, the hook in `dmae_hf.training`); 3 are
-  SIGKILLs sent by this test at a random delay (0-30 ms) after a save began (they land wherever the process is:
-  mid-file, between files, or already training the next step);
+  named point of the save sequence (`DMAE_CHECKPOINT_FAULT=<step>:<point>`, the hook in
+  `dmae_hf.training.checkpoints`); 3 are SIGKILLs sent by this test at a random delay (0-30 ms) after a save began
+  (they land wherever the process is: mid-file, between files, or already training the next step);
 - planted pickles (a `__reduce__` that creates a marker file) in every pickle-ish file name of a checkpoint, and in
   place of each of our own files: `--resume` never unpickles, it ignores them or refuses with a clear error.
 
@@ -25,7 +25,8 @@ from safetensors.torch import load_file
 
 from conftest import REPO_ROOT
 
-from dmae_hf.training import FAULT_ENV, TRAINER_STATE, find_checkpoints, read_metrics
+from dmae_hf.training.checkpoints import FAULT_ENV, TRAINER_STATE, find_checkpoints
+from dmae_hf.training.tracking import read_metrics
 
 STEPS = 16
 ARGS = ["--preset", "tiny", "--image-size", "32", "--patch-size", "8", "--grad-accum", "1", "--batch-size", "16",
@@ -62,7 +63,7 @@ def _train(argv: list, fault: str | None, log: str) -> None:
 @pytest.fixture(scope="module")
 def fork(data_dir):
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "datasets", "accelerate", "transformers", "dmae_hf.training",
+    ctx.set_forkserver_preload(["torch", "datasets", "accelerate", "transformers", "dmae_hf.training.loop",
                                 "dmae_hf.data", "dmae_hf.augment"])
 
     def start(out, fault=None, resume=False, kill_after=None):

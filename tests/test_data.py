@@ -1,4 +1,4 @@
-"""The data module (`dmae_hf.data` and `dmae_hf.training.DataSetup`) on the real CIFAR-10 / ImageNet-sample shards:
+"""The data module (`dmae_hf.data` and `dmae_hf.training.streams.DataSetup`) on the real CIFAR-10 / ImageNet-sample shards:
 decoding, clear errors on bad input, held-out validation, and "every example exactly once per epoch" across two
 CPU processes x two DataLoader workers (this file doubles as the torchrun script for that test)."""
 
@@ -208,15 +208,16 @@ def test_every_example_once_per_epoch_across_two_processes_and_workers(case, tmp
 
 
 def _main():  # torchrun entry point of the test above: one rank's example ids for two epochs
-    from dmae_hf.training import DataSetup, add_common_args, make_accelerator, set_epoch
+    from dmae_hf.training.arguments import add_common_args, training_arguments
+    from dmae_hf.training.loop import make_accelerator
+    from dmae_hf.training.streams import DataSetup, set_epoch
 
     parser = argparse.ArgumentParser()
     add_common_args(parser, "pretrain")
-    args = parser.parse_args()
-    args.label_column = None
-    accelerator = make_accelerator(args)
-    setup = DataSetup(args, 32, with_labels=False)
-    loader = accelerator.prepare(setup.loader(setup.train, args.batch_size, args.num_workers))
+    args = training_arguments(parser.parse_args())
+    accelerator = make_accelerator(args.optim, args.run)
+    setup = DataSetup(args.data, 32, with_labels=False, seed=args.optim.seed)
+    loader = accelerator.prepare(setup.loader(setup.train, args.optim.batch_size, args.data.num_workers))
     ids, batches = {}, {}
     for epoch in range(2):
         set_epoch(loader, setup.train, epoch)
@@ -224,7 +225,7 @@ def _main():  # torchrun entry point of the test above: one rank's example ids f
         for batch in loader:
             ids[epoch] += batch["example_id"].tolist()
             batches[epoch] += 1
-    with open(os.path.join(args.output_dir, f"rank{accelerator.process_index}.json"), "w") as f:
+    with open(os.path.join(args.run.output_dir, f"rank{accelerator.process_index}.json"), "w") as f:
         json.dump({"train_size": setup.train_size, "ids": ids, "batches": batches}, f)
     accelerator.wait_for_everyone()
     accelerator.end_training()  # destroys the process group, as the example scripts do

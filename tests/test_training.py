@@ -1,4 +1,4 @@
-"""Training recipe pieces (`dmae_hf.training`, `dmae_hf.augment`) and the example scripts end to end on the real
+"""Training recipe pieces (`dmae_hf.training.optim`, `dmae_hf.augment`) and the example scripts end to end on the real
 CIFAR-10 shards with the tiny preset: one process and two CPU processes (torchrun + ACCELERATE_USE_CPU), loss going
 down, exact resume, clear errors on bad input before training, and the CIFAR-10 transfer pushed to a loopback Hub,
 loaded back and certified."""
@@ -21,12 +21,8 @@ from hub_server import FakeHub
 
 from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification
 from dmae_hf.augment import DeviceAugment, MixupCutmix
-from dmae_hf.training import (
-    lr_at,
-    param_groups_layer_decay,
-    param_groups_weight_decay,
-    read_metrics,
-)
+from dmae_hf.training.optim import lr_at, param_groups_layer_decay, param_groups_weight_decay
+from dmae_hf.training.tracking import read_metrics
 
 # Two shared cores: one torch thread per process (two threads under contention made a tiny step 100x slower).
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), MPLBACKEND="Agg")
@@ -128,6 +124,33 @@ def test_warmup_cosine_schedule_values():
     assert math.isclose(lr_at(500, total, warmup, base, floor), floor)  # clamped past the end
     values = [lr_at(s, total, warmup, base, floor) for s in range(total)]
     assert values[:warmup + 1] == sorted(values[:warmup + 1]) and values[warmup:] == sorted(values[warmup:], reverse=True)
+
+
+def test_common_flags_parse_into_typed_arguments_with_stage_defaults():
+    from dmae_hf.configuration_dmae import CIFAR10_MEAN, IMAGENET_DEFAULT_MEAN
+    from dmae_hf.training.arguments import DataArguments, add_common_args, training_arguments
+    from dmae_hf.training.optim import schedule_lengths
+
+    argv = ["--dataset", "uoft-cs/cifar10", "--output-dir", "out", "--depth", "3", "--crop-scale", "0.3", "1",
+            "--resume"]
+    parsed = {}
+    for stage in ("pretrain", "finetune"):
+        parser = argparse.ArgumentParser()
+        add_common_args(parser, stage)
+        parsed[stage] = training_arguments(parser.parse_args(argv))
+    pt, ft = parsed["pretrain"], parsed["finetune"]
+    assert isinstance(pt.data, DataArguments) and pt.data.crop_scale == [0.3, 1.0] and pt.run.resume == "auto"
+    assert (pt.optim.batch_size, pt.optim.grad_accum, pt.optim.blr, pt.data.val_size) == (64, 8, 1.5e-4, 0)
+    assert (ft.optim.batch_size, ft.optim.grad_accum, ft.optim.blr, ft.data.val_size) == (32, 4, 5e-4, 1000)
+    overrides = pt.model.config_overrides(pt.data.dataset)
+    assert overrides["num_hidden_layers"] == 3 and overrides["image_mean"] == CIFAR10_MEAN
+    assert pt.model.config_overrides("ILSVRC/imagenet-1k")["image_mean"] == IMAGENET_DEFAULT_MEAN
+    schedule = schedule_lengths(ft.optim, 2, train_size=1000)  # 1000 / (32*2) -> 16 micro -> 4 steps an epoch
+    assert (schedule.total_steps, schedule.warmup_steps, schedule.lr) == (400, 20, 5e-4 * 32 * 4 * 2 / 256)
+    with pytest.raises(ValueError, match="pass --max-steps or --train-size"):
+        schedule_lengths(ft.optim, 1, train_size=None)
+    with pytest.raises(ValueError, match=r"stage must be one of \['pretrain', 'finetune'\], got 'train'"):
+        add_common_args(argparse.ArgumentParser(), "train")
 
 
 def test_device_augmentation_shapes_and_ranges():
