@@ -20,7 +20,7 @@ their encoded bytes (`example_id`), are removed from the training stream by a fi
 `skip(N)`, does not depend on how the stream is later sharded (`skip` is split across shards).
 
 Resumable position: the epoch's order is fixed by `(seed, epoch)` (`shuffle` + `set_epoch`), and the checkpointed
-`TrainState` (`dmae_hf.training`) records the batches already consumed in the epoch; a resumed run re-reads and
+`TrainState` (`dmae_hf.training.checkpoints`) records the batches already consumed in the epoch; a resumed run re-reads and
 skips them (`skip_batches`), so it continues with exactly the examples the interrupted run would have seen. (A
 `ds.state_dict()` alone is not enough with DataLoader workers, each of which holds part of the stream.)
 """

@@ -14,6 +14,7 @@ import pytest
 from dmae_hf import DMAEConfig, hub_names
 from dmae_hf.configuration_dmae import ARCHITECTURES, PRESETS
 from dmae_hf.convert_dmae import OFFICIAL_DECODER_HEADS, OFFICIAL_HEADS
+from dmae_hf.training.arguments import training_arguments
 
 from conftest import REPO_ROOT
 
@@ -62,16 +63,19 @@ def test_reproduce_uses_the_preset_and_builds_what_the_old_overrides_built(data_
     data = ["--dataset", str(data_dir / "cifar10"), "--image-column", "img", "--output-dir", str(tmp_path / "run")]
 
     def pretrained(arch):
-        return pretrain.build_model(pretrain.parse_args([*arch, *data])).config.to_dict()
+        args = pretrain.parse_args([*arch, *data])
+        return pretrain.build_model(args, training_arguments(args)).config.to_dict()
 
     def finetuned(arch, *source):
-        model = finetune.build_model(finetune.parse_args([*arch, *data, *source]), 10, None)
+        args = finetune.parse_args([*arch, *data, *source])
+        model = finetune.build_model(args, training_arguments(args), 10, None)
         return model.config.to_dict()
 
     assert pretrained(reproduce.ARCH) == pretrained(OLD_ARCH)
     assert pretrained(reproduce.ARCH)["hidden_size"] == 96  # not the tiny preset's 32
     assert finetuned(reproduce.ARCH, "--from-scratch") == finetuned(OLD_ARCH, "--from-scratch")
-    pretrain.build_model(pretrain.parse_args([*reproduce.ARCH, *data])).save_pretrained(tmp_path / "pt")
+    args = pretrain.parse_args([*reproduce.ARCH, *data])
+    pretrain.build_model(args, training_arguments(args)).save_pretrained(tmp_path / "pt")
     source = ("--model", str(tmp_path / "pt"))
     assert finetuned(reproduce.ARCH, *source) == finetuned(OLD_ARCH, *source)
 
@@ -97,7 +101,7 @@ from dmae_hf.cli import main
 from dmae_hf import hub_names, model_card
 from dmae_hf.convert_dmae import OFFICIAL_HEADS
 from dmae_hf.commands.publish import UnrecognisedFile, recognise
-from dmae_hf.training import add_common_args
+from dmae_hf.training.arguments import add_common_args
 import argparse, torch
 from test_convert import official_checkpoint
 print("HEADS", OFFICIAL_HEADS[1408])

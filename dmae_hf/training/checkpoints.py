@@ -8,12 +8,9 @@ import json
 import os
 import re
 import shutil
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .tracking import JsonlTracker
 
 
 class TrainState:
@@ -236,9 +233,10 @@ class Checkpoints:
         self.keep = keep
         self.root = os.path.join(output_dir, "checkpoints")
 
-    def save(self, tracker: JsonlTracker | None = None) -> str:
+    def save(self, tracker=None) -> str:
         """Write `checkpoint-<step>` (into a temporary folder renamed when complete), then prune old ones. The
-        size of `tracker`'s log is recorded in the checkpoint (a resumed run cuts the log back to it)."""
+        size of `tracker`'s log (`tracking.JsonlTracker.size()`) is recorded in the checkpoint (a resumed run cuts the
+        log back to it)."""
         acc, step = self.accelerator, self.state.step
         final = os.path.join(self.root, f"checkpoint-{step}")
         tmp = os.path.join(self.root, f".tmp-checkpoint-{step}")
