@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from scipy.stats import beta, norm
 
 from dmae_hf import smoothing
-from dmae_hf.analysis import certificate_arrays, certified_accuracy
+from dmae_hf.certification.analysis import certificate_arrays, certified_accuracy
 from dmae_hf.configuration_dmae import DMAEConfig
 from dmae_hf.image_processing_dmae import DMAEImageProcessor
 from dmae_hf.modeling_dmae import DMAEForSmoothedClassification, add_gaussian_noise

@@ -25,8 +25,8 @@ _EXPORTS = {
     "DMAEForPreTraining": "modeling_dmae",
     "DMAEForSmoothedClassification": "modeling_dmae",
     "add_gaussian_noise": "smoothing",
-    "RandomizedSmoothingPipeline": "pipeline_dmae",
-    "SHORT_NAMES": "hub_names",
+    "RandomizedSmoothingPipeline": "certification.pipeline",
+    "SHORT_NAMES": "hub.names",
 }
 
 __all__ = [*_EXPORTS, "register"]
@@ -54,7 +54,7 @@ def register() -> None:
     - remote code: every saved checkpoint also carries `auto_map` and a copy of the flat model files, so it loads with
       `trust_remote_code=True` where dmae-hf is not installed;
     - the `certified-image-classification` pipeline task (default model: the embedded `dmae-tiny-cifar10`);
-    - the `dmae-*` short names in every loader (`dmae_hf/hub_names.py`).
+    - the `dmae-*` short names in every loader (`dmae_hf/hub/names.py`).
     """
     global _registered
     if _registered:
@@ -69,10 +69,10 @@ def register() -> None:
     from transformers.pipelines import PIPELINE_REGISTRY
 
     from .configuration_dmae import DMAEConfig
-    from .hub_names import install_short_name_hook
+    from .hub.names import install_short_name_hook
     from .image_processing_dmae import DMAEImageProcessor
     from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification, DMAEModel
-    from .pipeline_dmae import RandomizedSmoothingPipeline
+    from .certification.pipeline import RandomizedSmoothingPipeline
 
     AutoConfig.register("dmae", DMAEConfig, exist_ok=True)
     AutoModel.register(DMAEConfig, DMAEModel, exist_ok=True)

@@ -5,7 +5,7 @@
   `{"bytes", "path"}`, encoded bytes, a file path, a numpy array or a tensor) -> a decoded PIL image. The size is
   checked from the header, before any pixel is decoded; every problem is a `ValueError` naming it. Used by the
   `certified-image-classification` pipeline (files, arrays, PIL images), `dmae certify` (dataset cells) and training
-  (`dmae_hf.data.ImageDecoder`).
+  (`dmae_hf.training.data.ImageDecoder`).
 - `load_image_split(path, split, ...)`: a split streamed with its image and label columns found by one rule, the
   other columns dropped and the images left encoded. Used by `dmae certify` and training.
 

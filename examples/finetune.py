@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a source checkout
 
 from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, defaults  # noqa: E402
-from dmae_hf.augment import DeviceAugment, MixupCutmix, to_float  # noqa: E402
+from dmae_hf.training.augment import DeviceAugment, MixupCutmix, to_float  # noqa: E402
 from dmae_hf.modeling_dmae import add_gaussian_noise  # noqa: E402
 from dmae_hf.training.arguments import (  # noqa: E402
     DEFAULT_CROP_SCALE,
@@ -133,8 +133,8 @@ def quick_certify(model, val_stream, args, output_dir: str, device) -> dict | No
     certified-accuracy plot. Returns a summary, or None when `dmae_hf.smoothing` has no certify yet."""
     from torch.utils.data import DataLoader
 
-    from dmae_hf.analysis import DEFAULT_RADII, certificate_arrays, certified_accuracy, plot_curve
-    from dmae_hf.data import collate
+    from dmae_hf.certification.analysis import DEFAULT_RADII, certificate_arrays, certified_accuracy, plot_curve
+    from dmae_hf.training.data import collate
 
     model.eval()
     records, certificates, seconds = [], [], []
@@ -178,7 +178,7 @@ def quick_certify(model, val_stream, args, output_dir: str, device) -> dict | No
 
 def model_card(name: str, config, results: dict | None, args) -> str:
     try:
-        from dmae_hf.model_card import render_model_card
+        from dmae_hf.hub.model_card import render_model_card
 
         return render_model_card(name, config, results=results)
     except ImportError:  # the hub branch is not merged yet: a minimal card

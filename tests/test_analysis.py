@@ -1,4 +1,4 @@
-"""dmae_hf.analysis, `dmae analyze` and the `certified_accuracy` evaluate metric, on small hand-written logs with
+"""dmae_hf.certification.analysis, `dmae analyze` and the `certified_accuracy` evaluate metric, on small hand-written logs with
 known answers."""
 
 import json
@@ -7,7 +7,7 @@ import warnings
 import pytest
 from scipy.stats import binomtest
 
-from dmae_hf.analysis import (
+from dmae_hf.certification.analysis import (
     ImageSetMismatchWarning,
     LogFormatError,
     analyze_logs,
@@ -184,7 +184,7 @@ def test_other_errors(logs, tmp_path):
 def test_metric_loads_offline_and_agrees(logs, monkeypatch):
     import evaluate
 
-    from dmae_hf.metrics import CERTIFIED_ACCURACY_PATH
+    from dmae_hf.certification.metrics import CERTIFIED_ACCURACY_PATH
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     metric = evaluate.load(CERTIFIED_ACCURACY_PATH)
@@ -241,8 +241,8 @@ def test_metric_ships_in_the_built_package(tmp_path):
         shutil.copy(REPO_ROOT / name, source / name)
     subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)], cwd=source,
                    check=True, capture_output=True)
-    assert (build / "dmae_hf" / "metrics" / "certified_accuracy" / "certified_accuracy.py").is_file()
-    code = (f"import evaluate, dmae_hf.metrics as m; assert m.CERTIFIED_ACCURACY_PATH.startswith({str(build)!r}); "
+    assert (build / "dmae_hf" / "certification" / "metrics" / "certified_accuracy" / "certified_accuracy.py").is_file()
+    code = (f"import evaluate, dmae_hf.certification.metrics as m; assert m.CERTIFIED_ACCURACY_PATH.startswith({str(build)!r}); "
             "print(evaluate.load(m.CERTIFIED_ACCURACY_PATH).compute(predictions=[1, -1], references=[1, 0], "
             "certified_radii=[0.4, 0.0], radii=[0.25])['certified_accuracy'])")
     env = {**os.environ, "PYTHONPATH": str(build), "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}

@@ -11,9 +11,10 @@ import sys
 
 import pytest
 
-from dmae_hf import DMAEConfig, hub_names
+from dmae_hf import DMAEConfig
+from dmae_hf.hub import names as hub_names
 from dmae_hf.configuration_dmae import ARCHITECTURES, PRESETS
-from dmae_hf.convert_dmae import OFFICIAL_DECODER_HEADS, OFFICIAL_HEADS
+from dmae_hf.hub.convert import OFFICIAL_DECODER_HEADS, OFFICIAL_HEADS
 from dmae_hf.training.arguments import training_arguments
 
 from conftest import REPO_ROOT
@@ -98,8 +99,8 @@ c.ARCHITECTURES["vit-giant"] = c.Architecture(dict(hidden_size=1408, num_hidden_
                                               patch_size=14, image_size=224), "ViT-g/14", stem="giant", official=True)
 c.PRESETS["vit-giant"] = c.ARCHITECTURES["vit-giant"].config
 from dmae_hf.cli import main
-from dmae_hf import hub_names, model_card
-from dmae_hf.convert_dmae import OFFICIAL_HEADS
+from dmae_hf.hub import model_card, names as hub_names
+from dmae_hf.hub.convert import OFFICIAL_HEADS
 from dmae_hf.commands.publish import UnrecognisedFile, recognise
 from dmae_hf.training.arguments import add_common_args
 import argparse, torch

@@ -13,7 +13,7 @@ from transformers import AutoModelForImageClassification
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from dmae_hf import DMAEConfig, DMAEForSmoothedClassification
-from dmae_hf.convert_dmae import CheckpointError, convert, official_name
+from dmae_hf.hub.convert import CheckpointError, convert, official_name
 from dmae_hf.smoothing import certify, predict
 
 X = torch.full((1, 4, 4), 0.5)

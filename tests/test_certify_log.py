@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from dmae_hf import defaults
-from dmae_hf.certify_dataset import HEADER, LogWriter, read_rows
+from dmae_hf.certification.dataset import HEADER, LogWriter, read_rows
 from dmae_hf.cli import build_parser, main
 from test_cli import FAST, certify_args, subprocess_env, without_time, write_hub_dataset
 from test_pipeline import build_classifier
@@ -232,7 +232,7 @@ def test_dataset_images_above_max_pixels_are_refused_before_decoding(monkeypatch
 
     from PIL import Image
 
-    from dmae_hf.certify_dataset import decode_image
+    from dmae_hf.certification.dataset import decode_image
 
     buffer = _io.BytesIO()
     Image.new("RGB", (120, 100)).save(buffer, format="PNG")

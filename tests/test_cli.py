@@ -18,8 +18,8 @@ import pytest
 
 from conftest import REPO_ROOT
 from dmae_hf import DMAEForSmoothedClassification, DMAEImageProcessor
-from dmae_hf.analysis import read_log
-from dmae_hf.certify_dataset import HEADER, LogWriter, format_row, image_seed, merge_logs, read_rows, shard_path
+from dmae_hf.certification.analysis import read_log
+from dmae_hf.certification.dataset import HEADER, LogWriter, format_row, image_seed, merge_logs, read_rows, shard_path
 from dmae_hf.cli import main
 from test_pipeline import CIFAR10_LABELS, build_classifier
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from dmae_hf import DMAEForPreTraining, DMAEForSmoothedClassification
 from dmae_hf.cli import main as cli_main
-from dmae_hf.convert_dmae import CheckpointError, convert, load_checkpoint
+from dmae_hf.hub.convert import CheckpointError, convert, load_checkpoint
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CIFAR = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))

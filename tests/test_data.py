@@ -1,4 +1,4 @@
-"""The data module (`dmae_hf.data` and `dmae_hf.training.streams.DataSetup`) on the real CIFAR-10 / ImageNet-sample shards:
+"""The data module (`dmae_hf.training.data` and `dmae_hf.training.streams.DataSetup`) on the real CIFAR-10 / ImageNet-sample shards:
 decoding, clear errors on bad input, held-out validation, and "every example exactly once per epoch" across two
 CPU processes x two DataLoader workers (this file doubles as the torchrun script for that test)."""
 
@@ -15,7 +15,7 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from dmae_hf import data  # noqa: E402
+from dmae_hf.training import data  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,7 +58,7 @@ def test_cifar10_decodes_to_uint8_and_float_in_unit_range(data_dir):
     assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (6, 3, 32, 32)
     assert batch["labels"].dtype == torch.int64 and batch["labels"].shape == (6,)
     assert len(set(batch["example_id"].tolist())) == 6
-    from dmae_hf.augment import to_float
+    from dmae_hf.training.augment import to_float
 
     x = to_float(batch["pixel_values"])
     assert x.dtype == torch.float32 and 0.0 <= x.min() and x.max() <= 1.0

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForImageClassification, pipeline
 
 import dmae_hf  # noqa: F401  (registers the short names)
-from dmae_hf.hub_names import packaged_path
+from dmae_hf.hub.names import packaged_path
 from dmae_hf.image_processing_dmae import DMAEImageProcessor
 from dmae_hf.modeling_dmae import DMAEForSmoothedClassification
 

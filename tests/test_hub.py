@@ -17,8 +17,9 @@ from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
 import dmae_hf
-from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcessor, hub_names
-from dmae_hf.model_card import default_config, render_model_card, write_all_cards
+from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcessor
+from dmae_hf.hub import names as hub_names
+from dmae_hf.hub.model_card import default_config, render_model_card, write_all_cards
 
 from conftest import REPO_ROOT
 import hub_server
@@ -143,13 +144,13 @@ def test_a_missing_optional_file_is_not_an_unreachable_repository(hub_at, tmp_pa
 
 def test_wrapped_transformers_function_is_still_what_the_hook_expects(tmp_path):
     """Issue 14: the short-name hook wraps `transformers.utils.hub.cached_files` and relies on its signature and on
-    the exceptions it chains. If this fails, transformers changed that function: update `dmae_hf/hub_names.py`."""
+    the exceptions it chains. If this fails, transformers changed that function: update `dmae_hf/hub/names.py`."""
     import inspect
 
     from huggingface_hub.errors import LocalEntryNotFoundError
     from transformers.utils import hub
 
-    hint = f"transformers {transformers.__version__} changed utils.hub.cached_files; update dmae_hf/hub_names.py"
+    hint = f"transformers {transformers.__version__} changed utils.hub.cached_files; update dmae_hf/hub/names.py"
     assert getattr(hub.cached_files, "_dmae_short_names", False), "the hook is not installed: " + hint
     original = hub.cached_files.__wrapped__
     params = inspect.signature(original).parameters
@@ -231,7 +232,7 @@ def test_pretraining_checkpoint_into_classifier_logs_one_line(tmp_path, transfor
 def test_committed_cards_are_the_generated_ones(tmp_path):
     generated = {p.name: p.read_text() for p in write_all_cards(tmp_path)}
     committed = {p.name: p.read_text() for p in (REPO_ROOT / "model_cards").glob("*.md")}
-    assert set(committed) == set(generated), "run: python -m dmae_hf.model_card --all --out model_cards/"
+    assert set(committed) == set(generated), "run: python -m dmae_hf.hub.model_card --all --out model_cards/"
     for name, text in generated.items():
         assert committed[name] == text, f"model_cards/{name} is stale; regenerate it"
 
@@ -378,7 +379,7 @@ def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
 
 
 def test_model_card_cli_renders_a_checkpoint_with_results(tmp_path):
-    from dmae_hf.model_card import main
+    from dmae_hf.hub.model_card import main
 
     ckpt = tmp_path / "dmae-tiny-cifar10"
     default_config("dmae-tiny-cifar10").save_pretrained(ckpt)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
-from dmae_hf.analysis import confidence_interval
-from dmae_hf.augment import MixupCutmix
-from dmae_hf.certify_dataset import image_seed
+from dmae_hf.certification.analysis import confidence_interval
+from dmae_hf.training.augment import MixupCutmix
+from dmae_hf.certification.dataset import image_seed
 from dmae_hf.smoothing import clopper_pearson_lower, clopper_pearson_upper, mix_seed
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ from PIL import Image
 from transformers import pipeline
 
 import dmae_hf
-from dmae_hf import defaults, pipeline_dmae
+from dmae_hf import defaults
+from dmae_hf.certification import pipeline as pipeline_dmae
 from dmae_hf.cli import build_parser, main
 from test_pipeline import KEYS, TASK, build_classifier, check_result
 

@@ -9,10 +9,11 @@ import json
 import pytest
 import torch
 
-from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification, configuration_dmae, hub_names
+from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification, configuration_dmae
+from dmae_hf.hub import names as hub_names
 from dmae_hf.cli import main
 from dmae_hf.commands.publish import UnrecognisedFile
-from dmae_hf.model_card import render_model_card
+from dmae_hf.hub.model_card import render_model_card
 
 import hub_server
 from hub_server import FakeHub

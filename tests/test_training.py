@@ -1,4 +1,4 @@
-"""Training recipe pieces (`dmae_hf.training.optim`, `dmae_hf.augment`) and the example scripts end to end on the real
+"""Training recipe pieces (`dmae_hf.training.optim`, `dmae_hf.training.augment`) and the example scripts end to end on the real
 CIFAR-10 shards with the tiny preset: one process and two CPU processes (torchrun + ACCELERATE_USE_CPU), loss going
 down, exact resume, clear errors on bad input before training, and the CIFAR-10 transfer pushed to a loopback Hub,
 loaded back and certified."""
@@ -20,7 +20,7 @@ from conftest import REPO_ROOT
 from hub_server import FakeHub
 
 from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification
-from dmae_hf.augment import DeviceAugment, MixupCutmix
+from dmae_hf.training.augment import DeviceAugment, MixupCutmix
 from dmae_hf.training.optim import lr_at, param_groups_layer_decay, param_groups_weight_decay
 from dmae_hf.training.tracking import read_metrics
 

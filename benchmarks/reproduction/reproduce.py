@@ -98,7 +98,7 @@ def stage(out: Path, name: str, cmd: list[str], timings: dict) -> Path:
 
 def certify_seconds(log: Path) -> float:
     """Seconds spent certifying, summed over the log's rows: exact across killed and resumed runs."""
-    from dmae_hf.analysis import read_log
+    from dmae_hf.certification.analysis import read_log
 
     return float(read_log(log)["time"].sum())
 
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
 def ship(final: Path, results: dict, timings: dict, args):
     """Copy the DMAE model into the package as `dmae-tiny-cifar10`, with a card that gives how it was made."""
     from dmae_hf.configuration_dmae import DMAEConfig
-    from dmae_hf.model_card import render_model_card
+    from dmae_hf.hub.model_card import render_model_card
 
     target = REPO / "dmae_hf" / "checkpoints" / EMBEDDED
     target.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ def paired_comparison(logs: dict) -> list[str]:
     by dmae only and c = by the baseline only; two-sided exact sign test of b ~ Bin(b + c, 1/2) (McNemar)."""
     from scipy.stats import binomtest
 
-    from dmae_hf.analysis import read_log
+    from dmae_hf.certification.analysis import read_log
 
     if "dmae" not in logs or len(logs) < 2:
         return []
@@ -229,7 +229,7 @@ def paired_comparison(logs: dict) -> list[str]:
 
 def write_report(args, logs: dict, timings: dict, report: Path):
     """Certified-accuracy table with 95% Clopper-Pearson intervals, the plot, commands and times."""
-    from dmae_hf.analysis import analyze_logs
+    from dmae_hf.certification.analysis import analyze_logs
 
     plot = report.with_name("certified_accuracy.png")
     results = analyze_logs([str(p) for p in logs.values()], radii=RADII, names=list(logs), plot=str(plot))

@@ -7,7 +7,7 @@ import warnings
 
 
 def register(subparsers):
-    from ..analysis import DEFAULT_RADII
+    from ..certification.analysis import DEFAULT_RADII
 
     parser = subparsers.add_parser(
         "analyze", help="certified accuracy, 95%% intervals and ACR from certification logs (TSV)",
@@ -27,7 +27,7 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from ..analysis import ImageSetMismatchWarning, analyze_logs, format_table
+    from ..certification.analysis import ImageSetMismatchWarning, analyze_logs, format_table
 
     with warnings.catch_warnings(record=True) as caught:  # a bad log raises; `dmae` prints it as one line, exit 2
         warnings.simplefilter("always", ImageSetMismatchWarning)

@@ -1,4 +1,4 @@
-"""`dmae certify`: certify a dataset split into a resumable TSV log (see `dmae_hf/certify_dataset.py`).
+"""`dmae certify`: certify a dataset split into a resumable TSV log (see `dmae_hf/certification/dataset.py`).
 
     dmae certify --model DIR_OR_NAME --dataset /data/cifar10 --split test --max 500 --image-column img \\
         --n0 100 --n 10000 --alpha 0.001 --batch 1000 --seed 0 --out certify.tsv
@@ -72,8 +72,8 @@ def run(args) -> int:
     import torch
     from transformers import pipeline
 
-    from ..certify_dataset import CertificationLog, certify_dataset
-    from ..pipeline_dmae import parse_autocast_dtype
+    from ..certification.dataset import CertificationLog, certify_dataset
+    from ..certification.pipeline import parse_autocast_dtype
 
     method_kwargs = {k: v for k in ("target_radius", "first_look", "estimate_tolerance", "radius_tolerance")
                      if (v := getattr(args, k)) is not None}

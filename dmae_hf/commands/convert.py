@@ -1,4 +1,4 @@
-"""`dmae convert`: official DMAE or transformers ViTMAE checkpoints -> dmae-hf checkpoints (`dmae_hf.convert_dmae`)."""
+"""`dmae convert`: official DMAE or transformers ViTMAE checkpoints -> dmae-hf checkpoints (`dmae_hf.hub.convert`)."""
 
 
 class PresetChoices:
@@ -33,7 +33,7 @@ def register(subparsers):
                         help="architecture to expect, one of %(choices)s (checked against the weights; gives the "
                         "head counts)")
     parser.add_argument("--num-heads", type=int, help="encoder attention heads (default: from --preset, config.json "
-                        "or the official heads of the width, dmae_hf.convert_dmae.OFFICIAL_HEADS)")
+                        "or the official heads of the width, dmae_hf.hub.convert.OFFICIAL_HEADS)")
     parser.add_argument("--decoder-num-heads", type=int, help="decoder attention heads (default: as --num-heads, "
                         "OFFICIAL_DECODER_HEADS)")
     parser.add_argument("--normalization", choices=["imagenet", "cifar10"], default="imagenet",
@@ -51,7 +51,7 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from ..convert_dmae import convert
+    from ..hub.convert import convert
 
     # a CheckpointError (a ValueError) or OSError becomes one line and exit status 2 in `dmae_hf.cli.main`
     model = convert(args.source, args.output_dir, name=args.name, push_to_hub=args.push_to_hub,

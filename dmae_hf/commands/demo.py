@@ -37,7 +37,7 @@ def load_bundled_images():
 def run(args) -> int:
     import torch
 
-    from ..analysis import certificate_arrays, certified_accuracy
+    from ..certification.analysis import certificate_arrays, certified_accuracy
     from ..image_processing_dmae import DMAEImageProcessor
     from ..modeling_dmae import DMAEForSmoothedClassification
 
@@ -80,14 +80,14 @@ What the columns mean:
 
 def write_picture(path, pixel_values, labels, certificates, names, sigma, correct, radius, seed, num_shown=8):
     """Clean images, two noisy samples of each at `sigma`, and the certified-accuracy curve of all images
-    (`dmae_hf.analysis.plot_curve` of the per-image `correct`, `radius`)."""
+    (`dmae_hf.certification.analysis.plot_curve` of the per-image `correct`, `radius`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
 
-    from ..analysis import plot_curve
+    from ..certification.analysis import plot_curve
     from ..modeling_dmae import add_gaussian_noise
 
     generator = torch.Generator().manual_seed(seed)

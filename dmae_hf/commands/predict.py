@@ -36,7 +36,7 @@ def run(args) -> int:
 
     certifier = pipeline("certified-image-classification", model=args.model, device=args.device,
                          dtype=torch.float32)
-    pipeline_logger = logging.getLogger("dmae_hf.pipeline_dmae")  # its notes: we print each failure ourselves
+    pipeline_logger = logging.getLogger("dmae_hf.certification.pipeline")  # its notes: we print each failure ourselves
     level = pipeline_logger.level
     pipeline_logger.setLevel(logging.ERROR)
     try:

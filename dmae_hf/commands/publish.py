@@ -31,7 +31,7 @@ class UnrecognisedFile(ValueError):
 
 def _read(path: Path):
     """(state dict, training args or None) of a checkpoint file, through the converter's safe loaders."""
-    from ..convert_dmae import load_checkpoint, torch_load
+    from ..hub.convert import load_checkpoint, torch_load
 
     if path.suffix == ".safetensors" or path.is_dir() or not path.exists():
         return load_checkpoint(path)[0], None
@@ -46,9 +46,9 @@ def _read(path: Path):
 def recognise(path, name: str | None = None) -> Plan:
     """The short name and `convert` options of official release file `path`, or `UnrecognisedFile` saying why.
     `name`: the short name the caller says the file is (checked against the contents)."""
-    from .. import hub_names
+    from ..hub import names as hub_names
     from ..configuration_dmae import DMAEConfig
-    from ..convert_dmae import CheckpointError, detect_layout, infer_architecture, rename_official
+    from ..hub.convert import CheckpointError, detect_layout, infer_architecture, rename_official
 
     path = Path(path)
     if name is not None and (name not in hub_names.SHORT_NAMES or not hub_names.SHORT_NAMES[name].from_official):
@@ -120,8 +120,8 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from .. import hub_names
-    from ..convert_dmae import convert
+    from ..hub import names as hub_names
+    from ..hub.convert import convert
 
     plans, refused = [], []
     for item in args.files:

@@ -20,4 +20,4 @@ epoch (validation). Written twice, a fix to resume would have to be made twice a
 `tests/test_checkpoint_faults.py` covers both. The scripts pass those differences as `loss_fn`, `on_step` and
 `on_epoch_end`, and keep their model building, evaluation and final outputs.
 
-`dmae_hf.data` and `dmae_hf.augment` hold the data pipeline and the device augmentation."""
+`dmae_hf.training.data` and `dmae_hf.training.augment` hold the data pipeline and the device augmentation."""

@@ -18,7 +18,7 @@ from .tracking import JsonlTracker
 def make_accelerator(optim: OptimizationArguments, run: RunArguments):
     """The run's Accelerator: `grad_accum` micro-steps per optimizer step, `mixed_precision` (None: the accelerate
     config's), `cpu`; rank 0 reads the stream and dispatches the batches (`dispatch_batches=True`, see
-    dmae_hf.data)."""
+    dmae_hf.training.data)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 

@@ -18,7 +18,7 @@ class DataSetup:
 
     def __init__(self, data_args: DataArguments, image_size: int, with_labels: bool, seed: int,
                  num_labels: int | None = None, default_scale: tuple[float, float] = DEFAULT_CROP_SCALE["pretrain"]):
-        from .. import data
+        from . import data
 
         raw = data.load_image_stream(data_args.dataset, data_args.split, data_args.image_column,
                                      data_args.label_column if with_labels else None, token=data_args.token)
@@ -67,7 +67,7 @@ class DataSetup:
     def loader(self, dataset, batch_size: int, num_workers: int):
         from torch.utils.data import DataLoader
 
-        from ..data import UniformBatches, collate
+        from .data import UniformBatches, collate
 
         workers = min(num_workers, dataset.num_shards)
         # A private generator for the workers' base seed (decoding uses no randomness). Accelerate's batch

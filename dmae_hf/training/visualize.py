@@ -18,7 +18,7 @@ def save_reconstruction(model, pixel_values: torch.Tensor, path: str, num_images
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..augment import to_float
+    from .augment import to_float
     from ..modeling_dmae import add_gaussian_noise
 
     was_training = model.training

@@ -49,7 +49,7 @@ class UploadError(ValueError):
 # ------------------------------------------------------------------------------------------------------------ inputs
 def model_choices() -> list[str]:
     """The models offered in the page: the embedded one, then the released smoothed classifiers (short names)."""
-    from ..hub_names import SHORT_NAMES
+    from ..hub.names import SHORT_NAMES
 
     return [EMBEDDED_MODEL] + [m.name for m in SHORT_NAMES.values() if m.kind == "classifier" and m.name != EMBEDDED_MODEL]
 

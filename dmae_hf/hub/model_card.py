@@ -8,8 +8,8 @@ pipeline_tag, base_model, `model-index`), what the model is, how to use it, cert
 measured `model-index` entries. Paper numbers (Wu et al., ICLR 2023, arXiv v1 Tables 1 and 3, best over sigma) are
 always labelled as such.
 
-    python -m dmae_hf.model_card --all --out model_cards/           # the cards of every released short name
-    python -m dmae_hf.model_card dmae-tiny-cifar10 --config-dir CKPT --results results.json --out CKPT
+    python -m dmae_hf.hub.model_card --all --out model_cards/           # the cards of every released short name
+    python -m dmae_hf.hub.model_card dmae-tiny-cifar10 --config-dir CKPT --results results.json --out CKPT
 """
 
 import argparse
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import hub_names
-from .configuration_dmae import ARCHITECTURES, CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, DMAEConfig
-from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification
+from . import names as hub_names
+from ..configuration_dmae import ARCHITECTURES, CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, DMAEConfig
+from ..modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification
 
 PAPER_URL = "https://arxiv.org/abs/2210.06983"
 PAPER_SOURCE = "Wu et al., ICLR 2023, arXiv v1"
@@ -329,7 +329,7 @@ def write_all_cards(out_dir, namespace: str = hub_names.DEFAULT_NAMESPACE) -> li
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dmae_hf.model_card", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dmae_hf.hub.model_card", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", nargs="?", help="checkpoint name (a short name or any repository name)")
     parser.add_argument("--all", action="store_true", help="write the card of every released short name")
     parser.add_argument("--out", required=True, help="output directory (--all) or README.md directory/path")

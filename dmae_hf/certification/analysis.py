@@ -15,7 +15,7 @@ of `dmae certify` and Cohen's original six-column logs are read. `predict = -1` 
   warns (`ImageSetMismatchWarning`) and sets `results["image_sets_match"] = False`, and the envelope still takes the
   maximum of the per-log numbers.
 
-    from dmae_hf.analysis import analyze_logs
+    from dmae_hf.certification.analysis import analyze_logs
     results = analyze_logs(["sigma0.25.tsv", "sigma0.5.tsv"], radii=[0, 0.25, 0.5, 0.75], plot="curve.png")
     results["rows"][0]["certified_accuracy"], results["rows"][0]["confidence_intervals"], results["envelope"]
 
@@ -154,7 +154,7 @@ def confidence_interval(k: int, n: int, confidence: float = CONFIDENCE) -> tuple
     bound (the closed-form Beta quantile). scipy's `binomtest(k, n).proportion_ci(method="exact")` gives the same
     interval found by root-finding (brentq, xtol 2e-12): equal to 1e-12 (tests/test_kept_libraries.py), not bitwise,
     so it is not used."""
-    from .smoothing import clopper_pearson_lower, clopper_pearson_upper
+    from ..smoothing import clopper_pearson_lower, clopper_pearson_upper
 
     tail = (1.0 - confidence) / 2
     return clopper_pearson_lower(k, n, tail), clopper_pearson_upper(k, n, tail)

@@ -6,7 +6,7 @@ streaming=True)` path.
 Pipeline (`build_stream`): raw stream -> columns renamed to `image`/`label`, images kept as encoded bytes ->
 optional exclusion of a held-out validation set -> shuffle buffer -> decode + fixed-size resize on the DataLoader's
 CPU workers (`ImageDecoder`) -> `collate` to `uint8` tensors. Random augmentation runs batched on the device
-afterwards (`dmae_hf.augment`), and the Gaussian noise is added by the model.
+afterwards (`dmae_hf.training.augment`), and the Gaussian noise is added by the model.
 
 Sharding across processes: the raw stream goes to `accelerator.prepare(DataLoader(...))` with Accelerate's default
 for iterable datasets (`dispatch_batches=True`): rank 0 reads the stream (its DataLoader workers split the
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image_processing_dmae import DMAEImageProcessor
-from .images import dataset_not_found, decode_image, load_image_split
+from ..image_processing_dmae import DMAEImageProcessor
+from ..images import dataset_not_found, decode_image, load_image_split
 
 def load_image_stream(path: str, split: str = "train", image_column: str | None = None,
                       label_column: str | None = "label", token: str | bool | None = None, streaming: bool = True):

@@ -4,7 +4,7 @@
 Load it from the installed package (works offline, HF_HUB_OFFLINE=1):
 
     import evaluate
-    from dmae_hf.metrics import CERTIFIED_ACCURACY_PATH
+    from dmae_hf.certification.metrics import CERTIFIED_ACCURACY_PATH
     metric = evaluate.load(CERTIFIED_ACCURACY_PATH)
     metric.compute(predictions=[3, -1, 1], references=[3, 2, 1], certified_radii=[0.6, 0.0, 0.2],
                    radii=[0.0, 0.25, 0.5])
@@ -13,13 +13,13 @@ Load it from the installed package (works offline, HF_HUB_OFFLINE=1):
 import datasets
 import evaluate
 
-from dmae_hf.analysis import ABSTAIN, CONFIDENCE, DEFAULT_RADII, certified_accuracy, is_correct
+from dmae_hf.certification.analysis import ABSTAIN, CONFIDENCE, DEFAULT_RADII, certified_accuracy, is_correct
 
 _DESCRIPTION = """
 Certified accuracy at L2 radius r: the fraction of examples whose smoothed prediction is correct (not an abstention,
 -1) and whose certified radius is at least r. Also the average certified radius (ACR: mean of radius over correct
 examples, 0 for the others), the abstention rate and two-sided 95% Clopper-Pearson intervals. The same numbers as
-`dmae analyze` / `dmae_hf.analysis.analyze_logs` on a certification log.
+`dmae analyze` / `dmae_hf.certification.analysis.analyze_logs` on a certification log.
 """
 
 _KWARGS_DESCRIPTION = """

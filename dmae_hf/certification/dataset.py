@@ -49,9 +49,9 @@ from pathlib import Path
 
 import torch
 
-from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
-from .images import decode_image, load_image_split
-from .smoothing import mix_seed
+from ..defaults import ALPHA, N, N0, NOISE_BATCH, SEED
+from ..images import decode_image, load_image_split
+from ..smoothing import mix_seed
 
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower", "samples")
 HEADER = "\t".join(COLUMNS) + "\n"

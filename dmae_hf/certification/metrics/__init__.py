@@ -1,7 +1,7 @@
 """`evaluate` metrics shipped with dmae-hf, loadable offline from the installed package:
 
     import evaluate
-    from dmae_hf.metrics import CERTIFIED_ACCURACY_PATH
+    from dmae_hf.certification.metrics import CERTIFIED_ACCURACY_PATH
     metric = evaluate.load(CERTIFIED_ACCURACY_PATH)
 """
 

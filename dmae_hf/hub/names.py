@@ -25,7 +25,7 @@ from pathlib import Path
 NAMESPACE_ENV = "DMAE_HF_NAMESPACE"
 DEFAULT_NAMESPACE = "dmae-hf"
 SHORT_NAME_PREFIX = "dmae-"
-PACKAGED_CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+PACKAGED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 # The official DMAE release (README of quanlin-wu/dmae): two pre-training checkpoints on OneDrive, no file names given.
 OFFICIAL_RELEASES = {
     "vit-base": ("DMAE-Base", "427MB", "https://1drv.ms/u/s!AnxRCBR6qpJqiiyVY-qxN_AKNwhA?e=Xb6mlj"),
@@ -57,7 +57,7 @@ class ReleasedModel:
 
 
 def _table() -> dict[str, ReleasedModel]:
-    from .configuration_dmae import ARCHITECTURES
+    from ..configuration_dmae import ARCHITECTURES
 
     arch = {preset: (a.stem, a.title) for preset, a in ARCHITECTURES.items() if a.stem}  # the released sizes
     models = []

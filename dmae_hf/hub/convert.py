@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .configuration_dmae import (
+from ..configuration_dmae import (
     ARCHITECTURES,
     CIFAR10_LABELS,
     CIFAR10_MEAN,
@@ -45,10 +45,10 @@ from .configuration_dmae import (
     PRESETS,
     DMAEConfig,
 )
-from . import hub_names
-from .image_processing_dmae import DMAEImageProcessor
+from . import names as hub_names
+from ..image_processing_dmae import DMAEImageProcessor
 from .model_card import render_model_card
-from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification, non_finite_tensors
+from ..modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification, non_finite_tensors
 
 # Heads by width in the official models (`official` architectures: ViT-B 768/12, ViT-L 1024/16, ViT-H 1280/16; their
 # decoder 512/16): the heads of a checkpoint whose config does not give them.
