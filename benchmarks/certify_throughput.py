@@ -28,7 +28,8 @@ from dmae_hf import smoothing
 from dmae_hf.certification.analysis import certificate_arrays, certified_accuracy
 from dmae_hf.configuration_dmae import DMAEConfig
 from dmae_hf.image_processing_dmae import DMAEImageProcessor
-from dmae_hf.modeling_dmae import DMAEForSmoothedClassification, add_gaussian_noise
+from dmae_hf.modeling_dmae import DMAEForSmoothedClassification
+from dmae_hf.smoothing import add_gaussian_noise
 
 REPO = Path(__file__).resolve().parents[1]
 

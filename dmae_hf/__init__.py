@@ -68,11 +68,11 @@ def register() -> None:
     )
     from transformers.pipelines import PIPELINE_REGISTRY
 
+    from .certification.pipeline import RandomizedSmoothingPipeline
     from .configuration_dmae import DMAEConfig
     from .hub.names import install_short_name_hook
     from .image_processing_dmae import DMAEImageProcessor
     from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification, DMAEModel
-    from .certification.pipeline import RandomizedSmoothingPipeline
 
     AutoConfig.register("dmae", DMAEConfig, exist_ok=True)
     AutoModel.register(DMAEConfig, DMAEModel, exist_ok=True)

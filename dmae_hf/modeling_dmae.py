@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
 from .configuration_dmae import DMAEConfig
-from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
+from .defaults import ALPHA, N0, NOISE_BATCH, SEED, N
 from .smoothing import add_gaussian_noise, certify, predict
 
 # A child of transformers' logger: its verbosity, handler and format apply (`transformers.logging.set_verbosity_*`).

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from .defaults import ALPHA, N, N0, NOISE_BATCH, SEED
+from .defaults import ALPHA, N0, NOISE_BATCH, SEED, N
 
 NOISE_BLOCK = 256
 _SELECTION, _ESTIMATION, _PREDICT = 0, 1, 2
@@ -406,8 +406,8 @@ def predict(base_classifier, x, sigma, n=N, alpha=ALPHA, batch_size=NOISE_BATCH,
         top = sorted(range(len(c)), key=lambda k: (-c[k], k))[:2]
         nA, nB = c[top[0]], (c[top[1]] if len(top) > 1 else 0)
         pvalue = float(binomtest(nA, nA + nB, 0.5).pvalue)
-        results.append(Prediction(top[0] if pvalue <= alpha else None, c, pvalue, n, alpha, float(sigma), seed,
-                                  elapsed))
+        results.append(Prediction(prediction=top[0] if pvalue <= alpha else None, counts=c, pvalue=pvalue, n=n,
+                                  alpha=alpha, sigma=float(sigma), seed=seed, elapsed=elapsed))
     return results[0] if single else results
 
 

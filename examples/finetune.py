@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a source checkout
 
 from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, defaults  # noqa: E402
-from dmae_hf.training.augment import DeviceAugment, MixupCutmix, to_float  # noqa: E402
-from dmae_hf.modeling_dmae import add_gaussian_noise  # noqa: E402
+from dmae_hf.hub.model_card import render_model_card  # noqa: E402
+from dmae_hf.smoothing import add_gaussian_noise  # noqa: E402
 from dmae_hf.training.arguments import (  # noqa: E402
     DEFAULT_CROP_SCALE,
     HelpFormatter,
@@ -43,6 +43,7 @@ from dmae_hf.training.arguments import (  # noqa: E402
     run_main,
     training_arguments,
 )
+from dmae_hf.training.augment import DeviceAugment, MixupCutmix, to_float  # noqa: E402
 from dmae_hf.training.loop import make_accelerator, push_folder_to_hub, save_final, start_run, train  # noqa: E402
 from dmae_hf.training.optim import param_groups_layer_decay, schedule_lengths  # noqa: E402
 from dmae_hf.training.streams import DataSetup  # noqa: E402
@@ -130,7 +131,7 @@ def evaluate(model, loader, accelerator, sigma: float, seed: int) -> dict:
 
 def quick_certify(model, val_stream, args, output_dir: str, device) -> dict | None:
     """CERTIFY the first `--certify-examples` validation images (main process); writes certification.jsonl and a
-    certified-accuracy plot. Returns a summary, or None when `dmae_hf.smoothing` has no certify yet."""
+    certified-accuracy plot. Returns the summary."""
     from torch.utils.data import DataLoader
 
     from dmae_hf.certification.analysis import DEFAULT_RADII, certificate_arrays, certified_accuracy, plot_curve
@@ -139,19 +140,15 @@ def quick_certify(model, val_stream, args, output_dir: str, device) -> dict | No
     model.eval()
     records, certificates, seconds = [], [], []
     loader = DataLoader(val_stream.take(args.certify_examples), batch_size=1, collate_fn=collate)
-    try:
-        for i, batch in enumerate(tqdm(loader, total=args.certify_examples, desc="certify")):
-            x = to_float(batch["pixel_values"][0]).to(device)
-            label = int(batch["labels"][0])
-            start = time.time()
-            cert = model.certify(x, n0=args.certify_n0, n=args.certify_n, alpha=args.certify_alpha,
-                                 batch_size=args.certify_batch, seed=args.seed)
-            certificates.append(cert)
-            seconds.append(time.time() - start)
-            records.append({"idx": i, "label": label, "predict": cert.prediction, "radius": cert.radius})
-    except NotImplementedError as err:
-        print(f"skipping certification: {err}")
-        return None
+    for i, batch in enumerate(tqdm(loader, total=args.certify_examples, desc="certify")):
+        x = to_float(batch["pixel_values"][0]).to(device)
+        label = int(batch["labels"][0])
+        start = time.time()
+        cert = model.certify(x, n0=args.certify_n0, n=args.certify_n, alpha=args.certify_alpha,
+                             batch_size=args.certify_batch, seed=args.seed)
+        certificates.append(cert)
+        seconds.append(time.time() - start)
+        records.append({"idx": i, "label": label, "predict": cert.prediction, "radius": cert.radius})
     correct, radius = certificate_arrays(certificates, [r["label"] for r in records])
     with open(os.path.join(output_dir, "certification.jsonl"), "w") as f:
         for r, ok, t in zip(records, correct, seconds):
@@ -174,22 +171,6 @@ def quick_certify(model, val_stream, args, output_dir: str, device) -> dict | No
     fig.savefig(os.path.join(output_dir, "certified_accuracy.png"), dpi=100)
     plt.close(fig)
     return summary
-
-
-def model_card(name: str, config, results: dict | None, args) -> str:
-    try:
-        from dmae_hf.hub.model_card import render_model_card
-
-        return render_model_card(name, config, results=results)
-    except ImportError:  # the hub branch is not merged yet: a minimal card
-        lines = [f"# {name}", "", "A DMAE base classifier for randomized smoothing (dmae-hf).", "",
-                 f"- architecture: {config.hidden_size}-wide, {config.num_hidden_layers} blocks, "
-                 f"patch {config.patch_size}, input {config.image_size}", f"- smoothing sigma: {config.smoothing_sigma}",
-                 f"- trained on `{args.dataset}` split `{args.split}` with examples/finetune.py"]
-        if results:
-            lines += ["", "## Quick certification (validation split, small n)", "", "```",
-                      json.dumps(results, indent=2), "```"]
-        return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -260,7 +241,7 @@ def main(argv=None) -> int:
             json.dump(results, f, indent=2)
         name = args.push_to_hub or os.path.basename(os.path.abspath(args.output_dir))
         with open(os.path.join(final, "README.md"), "w") as f:
-            f.write(model_card(name, unwrapped.config, results, args))
+            f.write(render_model_card(name, unwrapped.config, results=results))
         if args.push_to_hub:
             print("pushed:", push_folder_to_hub(final, args.push_to_hub, token=args.token))
     tracker.finish()

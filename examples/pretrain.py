@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a source checkout
 
 from dmae_hf import DMAEConfig, DMAEForPreTraining  # noqa: E402
-from dmae_hf.training.augment import DeviceAugment  # noqa: E402
 from dmae_hf.training.arguments import HelpFormatter, add_common_args, run_main, training_arguments  # noqa: E402
+from dmae_hf.training.augment import DeviceAugment  # noqa: E402
 from dmae_hf.training.loop import make_accelerator, push_folder_to_hub, save_final, start_run, train  # noqa: E402
 from dmae_hf.training.optim import param_groups_weight_decay, schedule_lengths  # noqa: E402
 from dmae_hf.training.streams import DataSetup  # noqa: E402

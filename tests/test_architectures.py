@@ -10,14 +10,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO_ROOT
 
 from dmae_hf import DMAEConfig
-from dmae_hf.hub import names as hub_names
 from dmae_hf.configuration_dmae import ARCHITECTURES, PRESETS
+from dmae_hf.hub import names as hub_names
 from dmae_hf.hub.convert import OFFICIAL_DECODER_HEADS, OFFICIAL_HEADS
 from dmae_hf.training.arguments import training_arguments
-
-from conftest import REPO_ROOT
 
 EMBEDDED = REPO_ROOT / "dmae_hf" / "checkpoints" / "dmae-tiny-cifar10"
 # What benchmarks/reproduction/reproduce.py passed before the `tiny-cifar10` preset existed (the commands in the

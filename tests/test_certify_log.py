@@ -14,13 +14,13 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO_ROOT
+from test_cli import FAST, certify_args, subprocess_env, without_time, write_hub_dataset
+from test_pipeline import build_classifier
+
 from dmae_hf import defaults
 from dmae_hf.certification.dataset import HEADER, LogWriter, read_rows
 from dmae_hf.cli import build_parser, main
-from test_cli import FAST, certify_args, subprocess_env, without_time, write_hub_dataset
-from test_pipeline import build_classifier
 
 MISSING_MODEL = "no/such-model-dir"  # loading it would fail: a refusal that names --out came first
 

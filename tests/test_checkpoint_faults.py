@@ -21,9 +21,8 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import REPO_ROOT
+from safetensors.torch import load_file
 
 from dmae_hf.training.checkpoints import FAULT_ENV, TRAINER_STATE, find_checkpoints
 from dmae_hf.training.tracking import read_metrics

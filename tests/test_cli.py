@@ -15,13 +15,13 @@ import time
 
 import datasets
 import pytest
-
 from conftest import REPO_ROOT
+from test_pipeline import CIFAR10_LABELS, build_classifier
+
 from dmae_hf import DMAEForSmoothedClassification, DMAEImageProcessor
 from dmae_hf.certification.analysis import read_log
 from dmae_hf.certification.dataset import HEADER, LogWriter, format_row, image_seed, merge_logs, read_rows, shard_path
 from dmae_hf.cli import main
-from test_pipeline import CIFAR10_LABELS, build_classifier
 
 FAST = ["--n0", "10", "--n", "50", "--batch", "1000", "--alpha", "0.001", "--seed", "0"]
 SLOW = ["--n0", "10", "--n", "500", "--batch", "250", "--alpha", "0.001", "--seed", "0"]

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
+
 from dmae_hf import defaults
 from dmae_hf.cli import build_parser, main
 

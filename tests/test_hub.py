@@ -8,23 +8,22 @@ import subprocess
 import sys
 import textwrap
 
+import hub_server
 import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers
 import yaml
+from conftest import REPO_ROOT
+from hub_server import FakeHub
 from huggingface_hub import ModelCard
+from test_convert import official_checkpoint
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
 import dmae_hf
 from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcessor
 from dmae_hf.hub import names as hub_names
 from dmae_hf.hub.model_card import default_config, render_model_card, write_all_cards
-
-from conftest import REPO_ROOT
-import hub_server
-from hub_server import FakeHub
-from test_convert import official_checkpoint
 
 CLASSIFIER = "dmae-vit-base-sigma0.25"
 

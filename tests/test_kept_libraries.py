@@ -10,9 +10,9 @@ import torch
 from scipy.stats import binomtest
 
 from dmae_hf.certification.analysis import confidence_interval
-from dmae_hf.training.augment import MixupCutmix
 from dmae_hf.certification.dataset import image_seed
 from dmae_hf.smoothing import clopper_pearson_lower, clopper_pearson_upper, mix_seed
+from dmae_hf.training.augment import MixupCutmix
 
 REPO = Path(__file__).resolve().parents[1]
 

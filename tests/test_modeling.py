@@ -1,4 +1,4 @@
-"""The model issue's acceptance tests: config, the three models, the processor, registration and both loading routes."""
+"""The models: config, the three models, the processor, registration and both loading routes."""
 
 import json
 import math

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_pipeline import KEYS, TASK, build_classifier, check_result
 from transformers import pipeline
 
 import dmae_hf
 from dmae_hf import defaults
 from dmae_hf.certification import pipeline as pipeline_dmae
 from dmae_hf.cli import build_parser, main
-from test_pipeline import KEYS, TASK, build_classifier, check_result
 
 ASSETS = Path(dmae_hf.__file__).parent / "assets" / "cifar10"
 CAT = ASSETS / "test_00003_cat.png"

@@ -6,18 +6,17 @@ shrunk to a tiny ViT so that official-layout checkpoints of that "architecture" 
 import argparse
 import json
 
+import hub_server
 import pytest
 import torch
-
-from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification, configuration_dmae
-from dmae_hf.hub import names as hub_names
-from dmae_hf.cli import main
-from dmae_hf.commands.publish import UnrecognisedFile
-from dmae_hf.hub.model_card import render_model_card
-
-import hub_server
 from hub_server import FakeHub
 from test_convert import official_checkpoint
+
+from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification, configuration_dmae
+from dmae_hf.cli import main
+from dmae_hf.commands.publish import UnrecognisedFile
+from dmae_hf.hub import names as hub_names
+from dmae_hf.hub.model_card import render_model_card
 
 TINY = dict(dim=32, depth=2, patch=8, image=32)
 TINY_PRESET = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32,

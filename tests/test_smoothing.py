@@ -6,8 +6,7 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from dmae_hf import DMAEConfig
-from dmae_hf import smoothing
+from dmae_hf import DMAEConfig, smoothing
 from dmae_hf.modeling_dmae import DMAEForSmoothedClassification
 from dmae_hf.smoothing import Certificate, Prediction, certify, clopper_pearson_lower, clopper_pearson_upper, predict
 

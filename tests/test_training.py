@@ -14,10 +14,9 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import REPO_ROOT
 from hub_server import FakeHub
+from safetensors.torch import load_file
 
 from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification
 from dmae_hf.training.augment import DeviceAugment, MixupCutmix

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from ..defaults import ALPHA, N, N0, NOISE_BATCH, SEED
+from ..defaults import ALPHA, N0, NOISE_BATCH, SEED, N
 from ..images import decode_image, load_image_split
 from ..smoothing import mix_seed
 

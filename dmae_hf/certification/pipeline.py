@@ -16,7 +16,7 @@ import torch
 from transformers import Pipeline
 from transformers.utils import logging
 
-from ..defaults import ALPHA, N, N0, NOISE_BATCH, SEED
+from ..defaults import ALPHA, N0, NOISE_BATCH, SEED, N
 from ..image_processing_dmae import DMAEImageProcessor
 from ..images import check_image_size, decode_image
 from ..modeling_dmae import check_pixel_values

@@ -13,7 +13,7 @@ import sys
 
 
 def register(subparsers):
-    from ..defaults import ALPHA, N, N0, NOISE_BATCH, SEED
+    from ..defaults import ALPHA, N0, NOISE_BATCH, SEED, N
 
     parser = subparsers.add_parser(
         "certify", help="certify a dataset split with randomized smoothing into a resumable TSV log",

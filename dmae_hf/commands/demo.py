@@ -88,7 +88,7 @@ def write_picture(path, pixel_values, labels, certificates, names, sigma, correc
     import torch
 
     from ..certification.analysis import plot_curve
-    from ..modeling_dmae import add_gaussian_noise
+    from ..smoothing import add_gaussian_noise
 
     generator = torch.Generator().manual_seed(seed)
     shown = pixel_values[:num_shown]

@@ -46,8 +46,8 @@ def _read(path: Path):
 def recognise(path, name: str | None = None) -> Plan:
     """The short name and `convert` options of official release file `path`, or `UnrecognisedFile` saying why.
     `name`: the short name the caller says the file is (checked against the contents)."""
-    from ..hub import names as hub_names
     from ..configuration_dmae import DMAEConfig
+    from ..hub import names as hub_names
     from ..hub.convert import CheckpointError, detect_layout, infer_architecture, rename_official
 
     path = Path(path)

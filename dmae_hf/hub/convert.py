@@ -45,10 +45,10 @@ from ..configuration_dmae import (
     PRESETS,
     DMAEConfig,
 )
-from . import names as hub_names
 from ..image_processing_dmae import DMAEImageProcessor
-from .model_card import render_model_card
 from ..modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification, non_finite_tensors
+from . import names as hub_names
+from .model_card import render_model_card
 
 # Heads by width in the official models (`official` architectures: ViT-B 768/12, ViT-L 1024/16, ViT-H 1280/16; their
 # decoder 512/16): the heads of a checkpoint whose config does not give them.

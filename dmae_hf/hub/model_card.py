@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import names as hub_names
 from ..configuration_dmae import ARCHITECTURES, CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, DMAEConfig
 from ..modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification
+from . import names as hub_names
 
 PAPER_URL = "https://arxiv.org/abs/2210.06983"
 PAPER_SOURCE = "Wu et al., ICLR 2023, arXiv v1"

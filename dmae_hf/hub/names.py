@@ -162,8 +162,12 @@ def unavailable_cause(error: BaseException, local_files_only: bool = False) -> s
     endpoint could not be reached), or None for anything else (a missing file in an existing repository, a gated
     repository, a revision, permissions), which is left to transformers' own message."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled, \
-        RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
 
     chain = _chain(error)
     if any(isinstance(e, GatedRepoError) for e in chain):

@@ -12,7 +12,6 @@ import shutil
 import torch
 
 
-
 class TrainState:
     """Loop counters saved with every checkpoint: optimizer steps taken, epoch, batches consumed in that epoch, the
     best validation metric so far, and the size of `metrics.jsonl` when the checkpoint was written (a resumed run

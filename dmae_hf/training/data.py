@@ -38,6 +38,7 @@ from PIL import Image
 from ..image_processing_dmae import DMAEImageProcessor
 from ..images import dataset_not_found, decode_image, load_image_split
 
+
 def load_image_stream(path: str, split: str = "train", image_column: str | None = None,
                       label_column: str | None = "label", token: str | bool | None = None, streaming: bool = True):
     """`dmae_hf.images.load_image_split` (the reader `dmae certify` uses too: one rule finds the image column, the

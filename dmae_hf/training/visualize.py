@@ -18,8 +18,8 @@ def save_reconstruction(model, pixel_values: torch.Tensor, path: str, num_images
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..smoothing import add_gaussian_noise
     from .augment import to_float
-    from ..modeling_dmae import add_gaussian_noise
 
     was_training = model.training
     model.eval()
