@@ -13,7 +13,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dmae_hf", "dmae_hf.*"]),
     include_package_data=True,
-    package_data={"dmae_hf": ["checkpoints/*/*", "assets/*", "assets/*/*", "certification/metrics/*/*.py", "certification/metrics/*/*.md"]},
+    package_data={"dmae_hf": ["checkpoints/*/*", "assets/*", "assets/*/*", "certification/metrics/*/*.py",
+                              "certification/metrics/*/*.md"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0,<6",

@@ -130,7 +130,7 @@ def quick_train(model, steps, sigma, batch_size, device):
     x, y = load_cifar10("train", steps * batch_size // 4)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, len(x), (batch_size,))
         with warnings.catch_warnings():  # base_classifier warns about training mode, which is the point here
             warnings.simplefilter("ignore")
@@ -227,7 +227,8 @@ def main(argv=None):
         print(f"{name:<10} {rate[name]:>11.0f} {wall / (args.repeats * args.images):>8.3f} "
               f"{(wall - fwd) / wall:>11.1%} {noise / wall:>7.1%} {(wall - fwd - noise) / wall:>7.1%}")
     print(f"throughput ratio ours / reference = {rate['ours'] / rate['reference']:.3f}")
-    agree = sum((c.prediction, round(c.radius, 2)) == (p, round(r, 2)) for c, (p, r) in zip(ours_results, ref_results))
+    agree = sum((c.prediction, round(c.radius, 2)) == (p, round(r, 2))
+                for c, (p, r) in zip(ours_results, ref_results, strict=True))
     print(f"same prediction and radius (2 decimals) as the reference on {agree}/{args.images} images "
           "(different noise draws, so small differences are expected)")
 

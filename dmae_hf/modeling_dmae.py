@@ -506,7 +506,8 @@ class DMAEModel(DMAEPreTrainedModel):
         if self.layernorm is not None:
             hidden_states = self.layernorm(hidden_states)
         if not return_dict:
-            return tuple(v for v in (hidden_states, mask, ids_restore, all_hidden_states, all_attentions) if v is not None)
+            return tuple(v for v in (hidden_states, mask, ids_restore, all_hidden_states, all_attentions)
+                         if v is not None)
         return DMAEModelOutput(
             last_hidden_state=hidden_states,
             mask=mask,
@@ -708,7 +709,8 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
         self.num_labels = config.num_labels
         self.dmae = DMAEModel(config, add_final_layernorm=config.pooling == "cls")
         self.dmae.embeddings.position_embeddings.requires_grad_(True)  # learned when fine-tuning, as in timm
-        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pooling == "mean" else None
+        self.fc_norm = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pooling == "mean"
+                        else None)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.classifier.is_classification_head = True
         self.post_init()
@@ -717,7 +719,8 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
         return self.dmae.embeddings.patch_embeddings
 
     def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
-        """transformers' filtering by `_keys_to_ignore_on_load_*`, remembering what it filtered for `from_pretrained`."""
+        """transformers' filtering by `_keys_to_ignore_on_load_*`, remembering what it filtered for
+        `from_pretrained`."""
         unexpected, missing = set(loading_info.unexpected_keys), set(loading_info.missing_keys)
         super()._adjust_missing_and_unexpected_keys(loading_info)
         self._expected_load_changes = (unexpected - set(loading_info.unexpected_keys),
@@ -736,7 +739,8 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
         return loaded
 
     def _logits(self, pixel_values: torch.Tensor, interpolate_pos_encoding=False, **kwargs):
-        outputs = self.dmae(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs)
+        outputs = self.dmae(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True,
+                            **kwargs)
         hidden = outputs.last_hidden_state
         pooled = self.fc_norm(hidden[:, 1:].mean(dim=1)) if self.fc_norm is not None else hidden[:, 0]
         return self.classifier(pooled), outputs
@@ -836,7 +840,8 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
     def base_classifier(self, noisy_pixel_values: torch.Tensor) -> torch.Tensor:
         """f: logits of a batch of noisy [0,1] images, without input validation (the certifier validated x)."""
         if self.training:
-            warnings.warn("Certifying a model in training mode (dropout, drop path active); call model.eval().")
+            warnings.warn("Certifying a model in training mode (dropout, drop path active); call model.eval().",
+                          stacklevel=1)
         return self._logits(noisy_pixel_values)[0]
 
 

@@ -86,7 +86,7 @@ class Prediction:
         return {**dataclasses.asdict(self), "abstained": self.abstained}
 
 
-# ----------------------------------------------------------------------------------------------------------- statistics
+# ---------------------------------------------------------------------------------------------------------- statistics
 def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson lower bound on p from k successes in n Bernoulli(p) trials:
     the alpha-quantile of Beta(k, n - k + 1), and 0 when k = 0. P(p < bound) <= alpha for every p."""
@@ -112,7 +112,7 @@ def look_schedule(n: int, first_look: int = 1000) -> list[int]:
     return looks + [n]
 
 
-# ---------------------------------------------------------------------------------------------------------------- noise
+# --------------------------------------------------------------------------------------------------------------- noise
 def add_gaussian_noise(
     pixel_values: torch.Tensor,
     sigma: float,
@@ -190,7 +190,7 @@ class _NoisyStream:
         add_gaussian_noise(self.x.expand(out.shape[0], *self.x.shape), self.sigma, generator=generator, out=out)
 
 
-# ------------------------------------------------------------------------------------------------------------- sampling
+# ------------------------------------------------------------------------------------------------------------ sampling
 def _process_group() -> tuple[int, int]:
     """(rank, world size) of the default torch.distributed group, which `distributed=True` requires."""
     import torch.distributed as dist
@@ -255,7 +255,7 @@ class _Sampler:
         """Refuse the votes of a call in which f returned NaN or Inf (`total` of them, `bad[b]` in the b-th local
         batch): argmax turns them into votes (NaN is the maximum, Inf ties), i.e. into a certificate about a
         classifier whose output is undefined."""
-        hits = [(number, size, b) for (number, size, _), b in zip(self.nonfinite, bad) if b]
+        hits = [(number, size, b) for (number, size, _), b in zip(self.nonfinite, bad, strict=True) if b]
         self.nonfinite = []
         if not total:
             return
@@ -335,7 +335,7 @@ class _Sampler:
             self.pbar.close()
 
 
-# ----------------------------------------------------------------------------------------------------------- validation
+# ---------------------------------------------------------------------------------------------------------- validation
 def _check_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
@@ -467,7 +467,8 @@ def certify(base_classifier, x, sigma, n0=N0, n=N, alpha=ALPHA, batch_size=NOISE
     estimation = sampler.streams(_ESTIMATION, n)
     if method == "cohen":
         counts = sampler.count([(i, s, n) for i, s in enumerate(estimation)]).tolist()
-        decisions = [_certificate(c, cA, n, alpha, sigma, n0, n, seed, "cohen") for c, cA in zip(counts, guesses)]
+        decisions = [_certificate(c, cA, n, alpha, sigma, n0, n, seed, "cohen")
+                     for c, cA in zip(counts, guesses, strict=True)]
     else:
         decisions = _adaptive(sampler, estimation, guesses, n0, n, alpha, sigma, seed, **options)
     sampler.close()

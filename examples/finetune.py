@@ -15,8 +15,8 @@ set (small n) when `dmae_hf.smoothing` provides it.
     python examples/finetune.py --model runs/pt/final --dataset uoft-cs/cifar10 --image-column img \
         --batch-size 64 --grad-accum 1 --epochs 1 --val-size 500 --num-workers 1 --output-dir runs/ft
     # paper CIFAR-10 recipe from a ViT-B DMAE checkpoint
-    python examples/finetune.py --model dmae-vit-base --dataset uoft-cs/cifar10 --image-size 224 --batch-size 64 --grad-accum 4 \
-        --epochs 50 --blr 5e-4 --layer-decay 0.65 --drop-path 0.1 --label-smoothing 0.1 --sigma 0.25
+    python examples/finetune.py --model dmae-vit-base --dataset uoft-cs/cifar10 --image-size 224 --batch-size 64 \
+        --grad-accum 4 --epochs 50 --blr 5e-4 --layer-decay 0.65 --drop-path 0.1 --label-smoothing 0.1 --sigma 0.25
 
 Checkpoints (`--save-every`, `--keep-checkpoints`) are written atomically without pickle; `--resume` continues
 from the newest complete one. Bad input ends with one line `error: ...` and exit status 2 (`--debug`: traceback).
@@ -151,12 +151,13 @@ def quick_certify(model, val_stream, args, output_dir: str, device) -> dict | No
         records.append({"idx": i, "label": label, "predict": cert.prediction, "radius": cert.radius})
     correct, radius = certificate_arrays(certificates, [r["label"] for r in records])
     with open(os.path.join(output_dir, "certification.jsonl"), "w") as f:
-        for r, ok, t in zip(records, correct, seconds):
+        for r, ok, t in zip(records, correct, seconds, strict=True):
             f.write(json.dumps({**r, "correct": bool(ok), "time": t}) + "\n")
     stats = certified_accuracy(correct, radius, DEFAULT_RADII)
     summary = {"sigma": model.config.smoothing_sigma, "n0": args.certify_n0, "n": args.certify_n,
                "alpha": args.certify_alpha, "num_images": len(records),
-               "certified_accuracy": {str(r): a for r, a in zip(stats["radii"], stats["certified_accuracy"])}}
+               "certified_accuracy": {str(r): a
+                                      for r, a in zip(stats["radii"], stats["certified_accuracy"], strict=True)}}
     with open(os.path.join(output_dir, "certification_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     import matplotlib

@@ -1,5 +1,5 @@
-"""dmae_hf.certification.analysis, `dmae analyze` and the `certified_accuracy` evaluate metric, on small hand-written logs with
-known answers."""
+"""dmae_hf.certification.analysis, `dmae analyze` and the `certified_accuracy` evaluate metric, on small hand-written
+logs with known answers."""
 
 import json
 import warnings
@@ -95,7 +95,7 @@ def test_confidence_interval_is_scipy_exact(k, n):
 
 def test_row_intervals_contain_estimates(logs):
     for row in analyze_logs(logs, radii=RADII)["rows"]:
-        for acc, (lo, hi) in zip(row["certified_accuracy"], row["confidence_intervals"]):
+        for acc, (lo, hi) in zip(row["certified_accuracy"], row["confidence_intervals"], strict=True):
             assert 0.0 <= lo <= acc <= hi <= 1.0
         k = round(row["certified_accuracy"][0] * 5)
         ref = binomtest(k, 5).proportion_ci(confidence_level=0.95, method="exact")
@@ -107,7 +107,7 @@ def test_envelope_is_best_log_per_radius(logs):
         warnings.simplefilter("error")  # same images: no warning
         results = analyze_logs(logs, radii=RADII, names=["s25", "s50"])
     assert [r["name"] for r in results["rows"]] == ["s25", "s50"]
-    assert results["envelope"] == pytest.approx([max(a, b) for a, b in zip(A_ACC, B_ACC)])
+    assert results["envelope"] == pytest.approx([max(a, b) for a, b in zip(A_ACC, B_ACC, strict=True)])
     assert results["envelope_source"] == ["s50", "s25", "s25", "s25", "s25"]  # ties go to the first log
     assert results["image_sets_match"] is True
 
@@ -199,7 +199,7 @@ def test_metric_loads_offline_and_agrees(logs, monkeypatch):
     assert result["abstention_rate"] == pytest.approx(row["abstention_rate"])
     # batches accumulate like any evaluate metric
     log_a = read_log(logs[0])
-    for p, r, rad in zip(log_a["predict"].tolist(), log_a["label"].tolist(), log_a["radius"].tolist()):
+    for p, r, rad in zip(log_a["predict"].tolist(), log_a["label"].tolist(), log_a["radius"].tolist(), strict=True):
         metric.add(predictions=p, references=r, certified_radii=rad)
     result = metric.compute(radii=RADII)
     assert result["certified_accuracy"] == pytest.approx(A_ACC)
@@ -242,7 +242,8 @@ def test_metric_ships_in_the_built_package(tmp_path):
     subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)], cwd=source,
                    check=True, capture_output=True)
     assert (build / "dmae_hf" / "certification" / "metrics" / "certified_accuracy" / "certified_accuracy.py").is_file()
-    code = (f"import evaluate, dmae_hf.certification.metrics as m; assert m.CERTIFIED_ACCURACY_PATH.startswith({str(build)!r}); "
+    code = ("import evaluate, dmae_hf.certification.metrics as m; "
+            f"assert m.CERTIFIED_ACCURACY_PATH.startswith({str(build)!r}); "
             "print(evaluate.load(m.CERTIFIED_ACCURACY_PATH).compute(predictions=[1, -1], references=[1, 0], "
             "certified_radii=[0.4, 0.0], radii=[0.25])['certified_accuracy'])")
     env = {**os.environ, "PYTHONPATH": str(build), "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
@@ -269,7 +270,7 @@ def test_certificates_count_like_a_log(logs):
     log = read_log(logs[0])
     certificates = [Certificate(prediction=None if p == -1 else int(p), radius=float(r), pA_lower=0.9, counts=[],
                                 n0=1, n=1, alpha=0.001, sigma=0.25, seed=0, elapsed=0.0)
-                    for p, r in zip(log["predict"], log["radius"])]
+                    for p, r in zip(log["predict"], log["radius"], strict=True)]
     correct, radius = certificate_arrays(certificates, log["label"])
     assert correct.tolist() == [True, False, False, True, True] and radius.tolist() == log["radius"].tolist()
     assert certified_accuracy(correct, radius, RADII)["certified_accuracy"] == pytest.approx(A_ACC)
@@ -288,7 +289,7 @@ def test_plot_curve_draws_the_definition_on_given_axes():
     values = plot_curve(ax, correct, radius, lw=2)
     (line,) = ax.get_lines()
     grid = line.get_xdata()
-    brute = [sum(c and r >= t for c, r in zip(correct, radius)) / 4 for t in grid]
+    brute = [sum(c and r >= t for c, r in zip(correct, radius, strict=True)) / 4 for t in grid]
     assert values.tolist() == brute == line.get_ydata().tolist() == curve(correct, radius, grid).tolist()
     assert grid[0] == 0 and grid[-1] == pytest.approx(2.1) and ax.get_ylim() == (0, 1)
     plt.close(fig)

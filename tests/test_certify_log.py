@@ -65,7 +65,8 @@ def test_second_writer_is_refused_and_the_first_completes(classifier_dir, data_d
 def test_malformed_rows_are_refused_with_file_and_line(tmp_path):
     log = tmp_path / "log.tsv"
     good = "0\t3\t3\t0.5\t1\t0.1\t0.9\t60\n"
-    for row, problem in [("3\t3\n", "2 field(s), expected 8"), ("1\t1\tcat\t0.2\t1\t0.1\t0.7\t60\n", "predict = 'cat'"),
+    for row, problem in [("3\t3\n", "2 field(s), expected 8"),
+                         ("1\t1\tcat\t0.2\t1\t0.1\t0.7\t60\n", "predict = 'cat'"),
                          ("1\t1\t1\t0.2\t1\t0.1\t0.7\t60\t9\n", "9 field(s)"), ("\n", "1 field(s)"),
                          ("1\t1\t1\tx\t1\t0.1\t0.7\t60\n", "radius = 'x' is not a number")]:
         log.write_text(HEADER + good + row + good.replace("0\t", "2\t", 1))

@@ -63,7 +63,7 @@ def test_certify_writes_cohens_log(reference_log, classifier_dir, cifar10_test_i
     assert lines[0] + "\n" == HEADER == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tpA_lower\tsamples\n"
     rows = [line.split("\t") for line in lines[1:]]
     assert [int(r[0]) for r in rows] == list(range(12)) and [int(r[1]) for r in rows] == labels[:12]
-    for idx, label, predict, radius, correct, elapsed, pA_lower, samples in rows:
+    for _idx, label, predict, radius, correct, elapsed, _pA_lower, samples in rows:
         assert (int(predict) == -1) == (float(radius) == 0.0) and int(samples) == 60 and float(elapsed) >= 0
         assert int(correct) == int(int(predict) == int(label) and int(predict) != -1)
     assert {r[2] == "-1" for r in rows} == {True, False}  # both abstentions and certified predictions
@@ -239,7 +239,8 @@ def test_adaptive_method_and_autocast(classifier_dir, data_dir, tmp_path, capsys
     out = tmp_path / "adaptive.tsv"
     args = certify_args(classifier_dir, data_dir / "cifar10", out, max_index=6,
                         params=["--n0", "10", "--n", "800", "--batch", "400"])
-    assert main(args + ["--method", "adaptive", "--first-look", "100", "--target-radius", "0.05", "--no-progress"]) == 0
+    assert main(args + ["--method", "adaptive", "--first-look", "100", "--target-radius", "0.05",
+                        "--no-progress"]) == 0
     samples = [int(line.split("\t")[7]) for line in read_rows(out).values()]
     assert len(samples) == 6 and max(samples) <= 810 and min(samples) < 810  # some images stop at an early look
     tolerant = tmp_path / "tolerant.tsv"

@@ -11,6 +11,7 @@ from conftest import REPO_ROOT
 
 from dmae_hf import defaults
 from dmae_hf.cli import build_parser, main
+from dmae_hf.hub.convert import CheckpointError
 
 
 def subcommands():
@@ -78,7 +79,7 @@ def test_an_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
     assert main(["convert", str(bad), str(tmp_path / "out")]) == 2  # any exception: one line, never a traceback
     err = capsys.readouterr().err
     assert err.startswith("dmae convert: error: ") and err.count("\n") == 1 and "Traceback" not in err
-    with pytest.raises(Exception):
+    with pytest.raises(CheckpointError, match="could not be read"):
         main(["--debug", "convert", str(bad), str(tmp_path / "out")])
 
 

@@ -315,8 +315,8 @@ def test_non_finite_weights_are_refused_and_named(tmp_path):
     sd["blocks.1.attn.qkv.weight"][3, 0] = float("nan")
     sd["head.bias"][0] = float("inf")
     torch.save({"model": sd}, tmp_path / "nan.pth")
-    with pytest.raises(CheckpointError, match=r"2 tensor\(s\) with NaN or Inf values: \['blocks\.1\.attn\.qkv\.weight', "
-                       r"'head\.bias'\]"):
+    with pytest.raises(CheckpointError, match=r"2 tensor\(s\) with NaN or Inf values: "
+                       r"\['blocks\.1\.attn\.qkv\.weight', 'head\.bias'\]"):
         convert(tmp_path / "nan.pth", tmp_path / "out", preset="tiny", sigma=0.25)
     assert not (tmp_path / "out").exists()
 

@@ -1,6 +1,6 @@
-"""The data module (`dmae_hf.training.data` and `dmae_hf.training.streams.DataSetup`) on the real CIFAR-10 / ImageNet-sample shards:
-decoding, clear errors on bad input, held-out validation, and "every example exactly once per epoch" across two
-CPU processes x two DataLoader workers (this file doubles as the torchrun script for that test)."""
+"""The data module (`dmae_hf.training.data` and `dmae_hf.training.streams.DataSetup`) on the real CIFAR-10 /
+ImageNet-sample shards: decoding, clear errors on bad input, held-out validation, and "every example exactly once per
+epoch" across two CPU processes x two DataLoader workers (this file doubles as the torchrun script for that test)."""
 
 import argparse
 import json

@@ -61,7 +61,8 @@ def test_certified_accuracy_on_real_test_images(model, data_dir):
     certificates = model.certify(pixels, n0=N0, n=N, alpha=ALPHA, batch_size=1000, seed=0)
     labels = [r["label"] for r in rows]
     for radius, floor in FLOORS.items():
-        accuracy = sum(c.prediction == y and c.radius >= radius for c, y in zip(certificates, labels)) / NUM_IMAGES
+        accuracy = sum(c.prediction == y and c.radius >= radius
+                       for c, y in zip(certificates, labels, strict=True)) / NUM_IMAGES
         assert accuracy >= floor, f"certified accuracy {accuracy:.2f} at r={radius} below the floor {floor}"
 
 

@@ -101,7 +101,8 @@ def test_offline_short_name_names_repo_cause_and_fix(hub_at, loader):
     message = _unavailable(loader, "dmae-vit-large")
     assert "offline mode is on (HF_HUB_OFFLINE=1)" in message
     assert "download DMAE-Large (1.23GB, https://1drv.ms/" in message
-    assert "`dmae convert <DMAE-Large .pth> dmae-vit-large`" in message and "`dmae publish <DMAE-Large .pth>`" in message
+    assert "`dmae convert <DMAE-Large .pth> dmae-vit-large`" in message
+    assert "`dmae publish <DMAE-Large .pth>`" in message
     assert "couldn't connect" not in message
 
 
@@ -178,7 +179,8 @@ def test_packaged_checkpoint_is_used_when_present(monkeypatch, tmp_path):
     assert hub_names.resolve("dmae-tiny-cifar10") == str(tmp_path / "dmae-tiny-cifar10")
     loaded = AutoModelForImageClassification.from_pretrained("dmae-tiny-cifar10").eval()
     assert isinstance(loaded, DMAEForSmoothedClassification)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
     assert AutoImageProcessor.from_pretrained("dmae-tiny-cifar10").do_resize is False
 
 
@@ -357,8 +359,8 @@ def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
                                   "AutoImageProcessor": "DMAEImageProcessor"}
         assert report["sigma"] == 0.25 and report["label3"] == "cat"
         certificate = report["pipeline"]  # the pipeline certified the photo with the pushed classifier
-        assert set(certificate) == {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha",
-                                   "resolution"}
+        assert set(certificate) == {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n",
+                                    "alpha", "resolution"}
         assert certificate["sigma"] == 0.25 and certificate["n"] == 100
 
         # what the Hub received: safetensors weights (no pickles), configs, processor config and the rendered card

@@ -89,7 +89,8 @@ def test_no_private_name_is_imported_across_modules():
     for path in [*(REPO_ROOT / "examples").rglob("*.py"), *(REPO_ROOT / "benchmarks").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dmae_hf"):
-                offences += [f"{path.name} imports {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+                offences += [f"{path.name} imports {node.module}.{a.name}"
+                             for a in node.names if a.name.startswith("_")]
     assert not offences, offences
 
 

@@ -93,7 +93,8 @@ def reference_pretraining_loss(model, clean, pixel_noise, mask_noise):
     std = torch.tensor(config.image_std).view(1, 3, 1, 1)
     p = config.patch_size
     n, c, h, w = clean.shape
-    target = ((clean - mean) / std).reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(n, -1, p * p * c)
+    target = ((clean - mean) / std).reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    target = target.reshape(n, -1, p * p * c)
     target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True, unbiased=True) + 1e-6).sqrt()
     out = model(clean, mask_noise=mask_noise, pixel_noise=pixel_noise)
     return ((out.logits - target) ** 2).mean(), out
@@ -206,7 +207,8 @@ def test_round_trip_through_auto_classes_in_safetensors(tmp_path):
     assert torch.equal(encoder(x).last_hidden_state, pretrain.dmae(x).last_hidden_state)
     # a classifier initialised from the pre-trained encoder keeps its weights
     from_pretrained = DMAEForSmoothedClassification.from_pretrained(tmp_path / "pt", num_labels=10)
-    assert torch.equal(from_pretrained.dmae.layers[0].attention.qkv.weight, pretrain.dmae.layers[0].attention.qkv.weight)
+    assert torch.equal(from_pretrained.dmae.layers[0].attention.qkv.weight,
+                       pretrain.dmae.layers[0].attention.qkv.weight)
 
 
 def test_trust_remote_code_route_without_the_package(tmp_path):
@@ -332,7 +334,8 @@ def test_image_processor_modes_and_errors(tmp_path):
     sixteen_bit = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
     assert DMAEImageProcessor.for_cifar10()(sixteen_bit).pixel_values.max() == 1.0
     cifar = DMAEImageProcessor.for_cifar10()
-    assert cifar([np.zeros((32, 32, 3), np.uint8), np.ones((3, 32, 32), np.float32)]).pixel_values.shape == (2, 3, 32, 32)
+    mixed = [np.zeros((32, 32, 3), np.uint8), np.ones((3, 32, 32), np.float32)]
+    assert cifar(mixed).pixel_values.shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="shape"):
         cifar(np.zeros((32, 32, 5), np.uint8))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -141,7 +141,7 @@ def test_a_list_reports_bad_entries_and_certifies_the_others(certifier, photo, t
     results = certifier(images, **SMALL)
     assert len(results) == 4
     assert results[0] == certifier(str(CAT), **SMALL) and results[3] == certifier(photo, **SMALL)
-    for result, message in zip(results[1:3], ["No image file at", "NaN"]):
+    for result, message in zip(results[1:3], ["No image file at", "NaN"], strict=True):
         assert set(result) == KEYS | {"error"} and message in result["error"]
         assert (result["label"], result["class_id"], result["radius"], result["pA_lower"], result["abstained"],
                 result["resolution"]) == (None, None, 0.0, 0.0, True, None)

@@ -56,7 +56,8 @@ def test_publish_converts_uploads_and_loads_by_short_name(release, tmp_path, mon
 
         pre = DMAEForPreTraining.from_pretrained("dmae-vit-base")
         local = DMAEForPreTraining.from_pretrained(tmp_path / "out" / "dmae-vit-base")
-        assert all(torch.equal(a, b) for a, b in zip(pre.state_dict().values(), local.state_dict().values()))
+        assert all(torch.equal(a, b)
+                   for a, b in zip(pre.state_dict().values(), local.state_dict().values(), strict=True))
         imagenet = DMAEForSmoothedClassification.from_pretrained("dmae-vit-base-sigma0.5")
         assert imagenet.config.smoothing_sigma == 0.5 and imagenet.config.num_labels == 1000
         torch.testing.assert_close(imagenet.classifier.weight,

@@ -59,7 +59,7 @@ def test_look_schedule():
     assert smoothing.look_schedule(1000, 1000) == [1000]
 
 
-# ------------------------------------------------------------------------------------------------------ reproducibility
+# ----------------------------------------------------------------------------------------------------- reproducibility
 def test_counts_do_not_depend_on_batch_size(tiny, images):
     kw = dict(n0=20, n=600, seed=3)  # 600 = two full noise blocks and a partial one
     small = certify(tiny.base_classifier, images, 0.25, batch_size=7, **kw)

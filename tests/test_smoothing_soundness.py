@@ -10,6 +10,7 @@ certificates their true pA supports; NaN/Inf outputs, exceptions, wrong shapes a
 get no certificate at all.
 """
 
+import itertools
 import math
 
 import pytest
@@ -38,8 +39,8 @@ class NearestCenter(torch.nn.Module):
     def probabilities(self, t0=1.0, sigma=SIGMA):
         """Exact P(f(x + eps) = c) when w.x = t0."""
         c = self.centers.tolist()
-        cuts = [-math.inf] + [(a + b) / 2 for a, b in zip(c, c[1:])] + [math.inf]
-        return [norm.cdf((hi - t0) / sigma) - norm.cdf((lo - t0) / sigma) for lo, hi in zip(cuts, cuts[1:])]
+        cuts = [-math.inf] + [(a + b) / 2 for a, b in itertools.pairwise(c)] + [math.inf]
+        return [norm.cdf((hi - t0) / sigma) - norm.cdf((lo - t0) / sigma) for lo, hi in itertools.pairwise(cuts)]
 
 
 def two_class(pA):
@@ -142,7 +143,7 @@ def test_predict_error_rate_and_checker_catches_untested_vote():
         smoothing.binomtest = original
 
 
-# ---------------------------------------------------------------------------------------------- broken base classifiers
+# --------------------------------------------------------------------------------------------- broken base classifiers
 class TiedTop(NearestCenter):
     """`two_class` with a third class whose logit always equals class 1's: argmax takes the first maximal class, so
     P(class 1) is unchanged and class 2 never gets a vote."""

@@ -1,7 +1,7 @@
-"""Training recipe pieces (`dmae_hf.training.optim`, `dmae_hf.training.augment`) and the example scripts end to end on the real
-CIFAR-10 shards with the tiny preset: one process and two CPU processes (torchrun + ACCELERATE_USE_CPU), loss going
-down, exact resume, clear errors on bad input before training, and the CIFAR-10 transfer pushed to a loopback Hub,
-loaded back and certified."""
+"""Training recipe pieces (`dmae_hf.training.optim`, `dmae_hf.training.augment`) and the example scripts end to end on
+the real CIFAR-10 shards with the tiny preset: one process and two CPU processes (torchrun + ACCELERATE_USE_CPU), loss
+going down, exact resume, clear errors on bad input before training, and the CIFAR-10 transfer pushed to a loopback
+Hub, loaded back and certified."""
 
 import argparse
 import importlib.util
@@ -118,11 +118,13 @@ def test_warmup_cosine_schedule_values():
     assert math.isclose(lr_at(5, total, warmup, base, floor), 5e-4)
     assert math.isclose(lr_at(10, total, warmup, base, floor), base)  # end of warmup: the peak
     assert math.isclose(lr_at(60, total, warmup, base, floor), floor + (base - floor) * 0.5)  # half-way down
-    assert math.isclose(lr_at(35, total, warmup, base, floor), floor + (base - floor) * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert math.isclose(lr_at(35, total, warmup, base, floor),
+                        floor + (base - floor) * 0.5 * (1 + math.cos(math.pi / 4)))
     assert math.isclose(lr_at(110, total, warmup, base, floor), floor)
     assert math.isclose(lr_at(500, total, warmup, base, floor), floor)  # clamped past the end
     values = [lr_at(s, total, warmup, base, floor) for s in range(total)]
-    assert values[:warmup + 1] == sorted(values[:warmup + 1]) and values[warmup:] == sorted(values[warmup:], reverse=True)
+    assert values[:warmup + 1] == sorted(values[:warmup + 1])
+    assert values[warmup:] == sorted(values[warmup:], reverse=True)
 
 
 def test_common_flags_parse_into_typed_arguments_with_stage_defaults():

@@ -79,7 +79,8 @@ def test_certify_image_gives_the_certificate_the_page_shows(data_dir, tmp_path):
 BAD_UPLOADS = {
     "not an image": (lambda p: p.write_text("just text"), "is not an image that can be read"),
     "truncated png": (lambda p: p.write_bytes(CAT.read_bytes()[:300]), "is unreadable"),
-    "too many bytes": (lambda p: p.write_bytes(CAT.read_bytes() + b"\0" * 30_000), "is too large (0.0325 MB, the limit is 0.03 MB)"),
+    "too many bytes": (lambda p: p.write_bytes(CAT.read_bytes() + b"\0" * 30_000),
+                       "is too large (0.0325 MB, the limit is 0.03 MB)"),
     "too many pixels": (lambda p: Image.new("L", (3000, 2000)).save(p), "3000x2000 = 6.0 megapixels"),
     "empty file": (lambda p: p.write_bytes(b""), "is not an image"),
 }
@@ -113,7 +114,8 @@ def test_bad_settings_get_a_message(kwargs, message):
 
 def test_examples_and_models_offered():
     examples = example_images()
-    assert any(c.startswith("CIFAR-10: ") for _, c in examples) and any(c.startswith("ImageNet: ") for _, c in examples)
+    assert any(c.startswith("CIFAR-10: ") for _, c in examples)
+    assert any(c.startswith("ImageNet: ") for _, c in examples)
     for path, _ in examples:
         assert read_image(path).size[0] >= 32 and Path(path).stat().st_size < 100_000
     assert model_choices()[0] == "dmae-tiny-cifar10" and "dmae-vit-base-sigma0.25" in model_choices()
@@ -241,7 +243,9 @@ def test_browser_pushed_space_certifies_an_upload_and_rejects_a_non_image(tmp_pa
         driver.get(url)
         wait = WebDriverWait(driver, 60)
         file_input = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
-        answer = lambda d: d.find_element(By.ID, "answer").text
+
+        def answer(d):
+            return d.find_element(By.ID, "answer").text
 
         # 3. upload the CIFAR-10 image and certify it
         start = time.perf_counter()

@@ -207,7 +207,8 @@ def paired_comparison(logs: dict) -> list[str]:
         return []
     def certified(path, r):  # idx -> certified at radius r
         log = read_log(path)
-        return {int(i): bool(c == 1 and rad >= r) for i, c, rad in zip(log["idx"], log["correct"], log["radius"])}
+        return {int(i): bool(c == 1 and rad >= r)
+                for i, c, rad in zip(log["idx"], log["correct"], log["radius"], strict=True)}
 
     lines = ["", "Paired on the same test images (McNemar's exact test): images certified at radius r by DMAE only "
              "(b) and by the baseline only (c), and the two-sided p-value of b ~ Bin(b + c, 1/2).", "",
@@ -256,7 +257,7 @@ def write_report(args, logs: dict, timings: dict, report: Path):
     ]
     for row in results["rows"]:
         cells = [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-                 for a, (lo, hi) in zip(row["certified_accuracy"], row["confidence_intervals"])]
+                 for a, (lo, hi) in zip(row["certified_accuracy"], row["confidence_intervals"], strict=True)]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {row['acr']:.3f} |")
     lines += paired_comparison(logs)
     lines += ["", f"![certified accuracy]({plot.name})", "",

@@ -123,7 +123,8 @@ def read_log(path) -> dict:
         raise LogFormatError(f"{path}: `correct` must be 0 or 1")
     inconsistent = log["correct"] != is_correct(log["predict"], log["label"])
     if inconsistent.any():
-        raise LogFormatError(f"{path}: idx {log['idx'][inconsistent][0]} has correct={log['correct'][inconsistent][0]} "
+        raise LogFormatError(f"{path}: idx {log['idx'][inconsistent][0]} has "
+                             f"correct={log['correct'][inconsistent][0]} "
                              f"but predict={log['predict'][inconsistent][0]}, label={log['label'][inconsistent][0]}")
     return log
 
@@ -232,7 +233,7 @@ def analyze_logs(logs, radii=DEFAULT_RADII, names=None, plot=None, confidence: f
         raise ValueError("no radii given")
     data = [read_log(p) for p in logs]
     rows = []
-    for name, path, log in zip(names, logs, data):
+    for name, path, log in zip(names, logs, data, strict=True):
         stats = certified_accuracy(log["correct"], log["radius"], radii, confidence)
         rows.append({
             "name": name,
@@ -249,7 +250,7 @@ def analyze_logs(logs, radii=DEFAULT_RADII, names=None, plot=None, confidence: f
     image_sets_match = all(s == image_sets[0] for s in image_sets)
     if not image_sets_match:
         common = set.intersection(*image_sets)
-        sizes = ", ".join(f"{n}: {len(s)}" for n, s in zip(names, image_sets))
+        sizes = ", ".join(f"{n}: {len(s)}" for n, s in zip(names, image_sets, strict=True))
         warnings.warn(f"the logs certify different images ({sizes} images, {len(common)} in common): the envelope "
                       f"compares accuracies on different test sets",
                       ImageSetMismatchWarning, stacklevel=2)
@@ -275,7 +276,7 @@ def plot_curves(data, names, path, radii=()):
     grid = radius_grid([log["radius"] for log in data], marks=radii)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     curves = [plot_curve(ax, log["correct"], log["radius"], grid, lw=1.8, label=f"{name} (n={len(log['idx'])})")
-              for name, log in zip(names, data)]
+              for name, log in zip(names, data, strict=True)]
     if len(curves) > 1:
         ax.plot(grid, np.max(curves, axis=0), "k--", lw=1, label="best per radius")
     for r in radii:
@@ -297,11 +298,12 @@ def format_table(results, ci: bool = True) -> str:
     for row in results["rows"]:
         if ci:
             cells = [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-                     for a, (lo, hi) in zip(row["certified_accuracy"], row["confidence_intervals"])]
+                     for a, (lo, hi) in zip(row["certified_accuracy"], row["confidence_intervals"], strict=True)]
         else:
             cells = [f"{100 * a:.1f}" for a in row["certified_accuracy"]]
         lines.append(f"| {row['name']} | {row['n_images']} | " + " | ".join(cells) + f" | {row['acr']:.3f} |")
     if results.get("envelope"):
-        cells = [f"{100 * a:.1f} ({src})" for a, src in zip(results["envelope"], results["envelope_source"])]
+        cells = [f"{100 * a:.1f} ({src})"
+                 for a, src in zip(results["envelope"], results["envelope_source"], strict=True)]
         lines.append("| best per radius | | " + " | ".join(cells) + " | |")
     return "\n".join(lines)

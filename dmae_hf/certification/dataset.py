@@ -105,8 +105,8 @@ def _read_log(path: Path) -> bytes:
         head = f.read(len(HEADER))
         if not (head.startswith(HEADER.encode()) or HEADER.encode().startswith(head)):  # a torn header is a log
             first = head.decode("utf-8", errors="replace").split("\n")[0]
-            raise ValueError(f"{path} exists and is not a dmae certification log (it starts with {first!r}, a log with "
-                             f"{HEADER.strip()!r}); it is left untouched: choose another --out.")
+            raise ValueError(f"{path} exists and is not a dmae certification log (it starts with {first!r}, "
+                             f"a log with {HEADER.strip()!r}); it is left untouched: choose another --out.")
         return head + f.read()
 
 
@@ -115,7 +115,7 @@ def _parse_row(line: str) -> int:
     fields = line.split("\t")
     if len(fields) != len(COLUMNS):
         raise ValueError(f"{len(fields)} field(s), expected {len(COLUMNS)}")
-    for name, kind, field in zip(COLUMNS, _TYPES, fields):
+    for name, kind, field in zip(COLUMNS, _TYPES, fields, strict=True):
         try:
             kind(field)
         except ValueError:
@@ -335,8 +335,8 @@ class CertificationLog:
             failed = torch.tensor([int(error is not None)])
             torch.distributed.all_reduce(failed)
             if error is None and failed.item():
-                error = ValueError(f"{failed.item()} other process(es) of this run could not use {self.out} (see their "
-                                   f"error); this one stops too.")
+                error = ValueError(f"{failed.item()} other process(es) of this run could not use {self.out} "
+                                   f"(see their error); this one stops too.")
         if error is not None:
             raise error
 

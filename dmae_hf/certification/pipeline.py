@@ -237,4 +237,5 @@ class RandomizedSmoothingPipeline(Pipeline):
         }
 
 
-__all__ = ["RandomizedSmoothingPipeline", "check_image_size", "load_image_file", "parse_autocast_dtype"]  # the first two: from dmae_hf.images
+# check_image_size: re-exported from dmae_hf.images
+__all__ = ["RandomizedSmoothingPipeline", "check_image_size", "load_image_file", "parse_autocast_dtype"]

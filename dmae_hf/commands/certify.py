@@ -5,8 +5,9 @@
 
 Run it again with the same arguments to resume a killed run; a second run on the same `--out` is refused while the
 first holds `LOG.lock`. The log is checked and locked before the model is loaded. Run it under `torchrun
---nproc_per_node K -m dmae_hf certify ...` (or `accelerate launch`) to split the images over K processes. torchrun's own parser rejects `--n` and
-`--max` as ambiguous abbreviations of its options, so write their aliases `--N` and `--max-index` there.
+--nproc_per_node K -m dmae_hf certify ...` (or `accelerate launch`) to split the images over K processes. torchrun's
+own parser rejects `--n` and `--max` as ambiguous abbreviations of its options, so write their aliases `--N` and
+`--max-index` there.
 """
 
 import sys
@@ -20,8 +21,10 @@ def register(subparsers):
         description="Cohen et al.'s CERTIFY on every selected image of a dataset split, at the model's sigma. "
                     "Writes `idx label predict radius correct time pA_lower samples` rows (predict -1 = abstain). "
                     "Resumable; one run per log (LOG.lock); multi-process under torchrun/accelerate launch.")
-    parser.add_argument("--model", required=True, help="model directory, Hub id or short name (e.g. dmae-tiny-cifar10)")
-    parser.add_argument("--dataset", required=True, help="local Hub-layout dataset folder or Hub dataset id (streamed)")
+    parser.add_argument("--model", required=True, help="model directory, Hub id or short name "
+                        "(e.g. dmae-tiny-cifar10)")
+    parser.add_argument("--dataset", required=True, help="local Hub-layout dataset folder or Hub dataset id "
+                        "(streamed)")
     parser.add_argument("--split", default="test", help="dataset split to certify")
     parser.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image (Cohen's --skip)")
     parser.add_argument("--max", "--max-index", type=int, default=-1, dest="max_index",

@@ -52,7 +52,7 @@ def run(args) -> int:
                                  seed=args.seed, progress=True)
     correct, radius = certificate_arrays(certificates, labels)
     print(f"\n{'image':>5}  {'true label':<11} {'prediction':<11} {'radius':>7}  {'pA_lower':>8}")
-    for i, (cert, label, ok) in enumerate(zip(certificates, labels, correct)):
+    for i, (cert, label, ok) in enumerate(zip(certificates, labels, correct, strict=True)):
         predicted = "abstain" if cert.abstained else names[cert.prediction]
         mark = "" if ok or cert.abstained else "  WRONG: certified, but not the true label"
         print(f"{i:>5}  {names[label]:<11} {predicted:<11} {cert.radius:>7.3f}  {cert.pA_lower:>8.4f}{mark}")

@@ -45,7 +45,7 @@ def run(args) -> int:
     finally:
         pipeline_logger.setLevel(level)
     results = []
-    for path, result in zip(args.images, outputs):
+    for path, result in zip(args.images, outputs, strict=True):
         if "error" in result:
             print(f"dmae predict: error: {path}: {result['error']}", file=sys.stderr)
         else:

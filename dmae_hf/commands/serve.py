@@ -15,8 +15,8 @@ DEMO_EXTRA = 'pip install -e ".[demo]"'
 def register(subparsers):
     parser = subparsers.add_parser(
         "serve", help="web demo: certify an uploaded image in the browser (Gradio)",
-        description="Start the web demo (a Gradio app): upload an image, choose model, sigma, n, alpha and the method, "
-                    f"and see the certificate. Needs the demo extra ({DEMO_EXTRA}).")
+        description="Start the web demo (a Gradio app): upload an image, choose model, sigma, n, alpha and the "
+                    f"method, and see the certificate. Needs the demo extra ({DEMO_EXTRA}).")
     parser.add_argument("--model", default=EMBEDDED_MODEL, help="model selected at first (short name, Hub id or "
                         "local path); the page lets the user pick another")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

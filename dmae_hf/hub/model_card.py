@@ -113,7 +113,7 @@ def _model_index(name: str, entry, results: dict | None) -> list[dict] | None:
     for row in (results or {}).get("rows", []):
         metrics = [{"type": "certified-accuracy", "name": f"Certified accuracy at r={r} ({row['name']})",
                     "value": round(100 * acc, 1), "verified": False}
-                   for r, acc in zip(results["radii"], row["certified_accuracy"])]
+                   for r, acc in zip(results["radii"], row["certified_accuracy"], strict=True)]
         if row.get("acr") is not None:
             metrics.append({"type": "average-certified-radius", "name": f"ACR ({row['name']})",
                             "value": round(float(row["acr"]), 3), "verified": False})
@@ -257,8 +257,8 @@ def _provenance(entry) -> str:
                 "re-implementation of the official forward pass (max abs difference <= 1e-5 on random weights).")
     return ("The authors did not release fine-tuned classifiers (issue #6 of quanlin-wu/dmae). These weights are "
             f"meant to be fine-tuned from the official pre-trained encoder with the paper's recipe (Gaussian noise "
-            f"sigma={entry.sigma}, consistency regularisation) using `examples/finetune.py`, or converted with `dmae convert "
-            "--sigma ...` from a classifier trained with the official code.")
+            f"sigma={entry.sigma}, consistency regularisation) using `examples/finetune.py`, or converted with "
+            "`dmae convert --sigma ...` from a classifier trained with the official code.")
 
 
 def render_model_card(name: str, config: DMAEConfig, results: dict | None = None, *, namespace: str | None = None,

@@ -12,9 +12,10 @@ directory) and leaves everything else untouched: repo ids with a "/", existing l
 start with "dmae-". An unknown name that looks like a short name (`dmae-...`, no "/") raises a `ValueError` listing
 the known ones. A known name whose repository cannot be fetched raises `ShortNameUnavailableError` (an `OSError` and a
 `ValueError`), which names the repository, the cause (offline mode, no such repository on the Hub, network) and the
-command that makes the weights from the official release. The commit pinning of `from_pretrained` (`resolve_revision` of transformers' shared `HfApi` client) is
-wrapped the same way, so no request ever goes out with a bare short name. Because both sit below `from_pretrained`,
-they serve every class at once: the DMAE classes, `AutoConfig`, `AutoModel*`, `AutoImageProcessor` and `pipeline(...)`.
+command that makes the weights from the official release. The commit pinning of `from_pretrained`
+(`resolve_revision` of transformers' shared `HfApi` client) is wrapped the same way, so no request ever goes out with
+a bare short name. Because both sit below `from_pretrained`, they serve every class at once: the DMAE classes,
+`AutoConfig`, `AutoModel*`, `AutoImageProcessor` and `pipeline(...)`.
 """
 
 import functools
@@ -286,4 +287,5 @@ def install_short_name_hook() -> None:
 
 
 __all__ = ["SHORT_NAMES", "ReleasedModel", "namespace", "repo_id", "resolve", "packaged_path",
-           "install_short_name_hook", "UnknownShortNameError", "ShortNameUnavailableError", "OFFICIAL_RELEASES", "NAMESPACE_ENV", "DEFAULT_NAMESPACE"]
+           "install_short_name_hook", "UnknownShortNameError", "ShortNameUnavailableError", "OFFICIAL_RELEASES",
+           "NAMESPACE_ENV", "DEFAULT_NAMESPACE"]

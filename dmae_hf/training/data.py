@@ -12,17 +12,17 @@ Sharding across processes: the raw stream goes to `accelerator.prepare(DataLoade
 for iterable datasets (`dispatch_batches=True`): rank 0 reads the stream (its DataLoader workers split the
 shards), each global batch is split over the ranks. Every example is then seen exactly once per epoch whatever the
 shard count (CIFAR-10 has 5 train shards, ImageNet parquet 294) and every rank runs the same number of steps, so
-DDP never hangs on uneven shards. The cost: rank 0's workers decode for everyone (use enough `--num-workers`). We never call `split_dataset_by_node` ourselves (combined with `prepare` it
-shards twice and silently drops data).
+DDP never hangs on uneven shards. The cost: rank 0's workers decode for everyone (use enough `--num-workers`). We
+never call `split_dataset_by_node` ourselves (combined with `prepare` it shards twice and silently drops data).
 
 Held-out validation (`--val-size N`): the first N examples of the unshuffled train stream, identified by a hash of
 their encoded bytes (`example_id`), are removed from the training stream by a filter. A filter, unlike
 `skip(N)`, does not depend on how the stream is later sharded (`skip` is split across shards).
 
 Resumable position: the epoch's order is fixed by `(seed, epoch)` (`shuffle` + `set_epoch`), and the checkpointed
-`TrainState` (`dmae_hf.training.checkpoints`) records the batches already consumed in the epoch; a resumed run re-reads and
-skips them (`skip_batches`), so it continues with exactly the examples the interrupted run would have seen. (A
-`ds.state_dict()` alone is not enough with DataLoader workers, each of which holds part of the stream.)
+`TrainState` (`dmae_hf.training.checkpoints`) records the batches already consumed in the epoch; a resumed run
+re-reads and skips them (`skip_batches`), so it continues with exactly the examples the interrupted run would have
+seen. (A `ds.state_dict()` alone is not enough with DataLoader workers, each of which holds part of the stream.)
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def collate(examples: list[dict]) -> dict:
         raise ValueError(f"Images of different sizes {sorted(shapes)} in one batch; set a resize/crop size.")
     pixels = [e["pixel_values"] for e in examples]
     batch = {
-        "pixel_values": torch.stack(pixels) if isinstance(pixels[0], torch.Tensor) else torch.from_numpy(np.stack(pixels)),
+        "pixel_values": (torch.stack(pixels) if isinstance(pixels[0], torch.Tensor)
+                         else torch.from_numpy(np.stack(pixels))),
         "example_id": torch.tensor([int(e["example_id"]) for e in examples], dtype=torch.int64),
     }
     if "label" in examples[0] or "labels" in examples[0]:

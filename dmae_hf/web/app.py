@@ -51,7 +51,8 @@ def model_choices() -> list[str]:
     """The models offered in the page: the embedded one, then the released smoothed classifiers (short names)."""
     from ..hub.names import SHORT_NAMES
 
-    return [EMBEDDED_MODEL] + [m.name for m in SHORT_NAMES.values() if m.kind == "classifier" and m.name != EMBEDDED_MODEL]
+    return [EMBEDDED_MODEL] + [m.name for m in SHORT_NAMES.values()
+                               if m.kind == "classifier" and m.name != EMBEDDED_MODEL]
 
 
 def example_images() -> list[tuple[str, str]]:
@@ -92,8 +93,8 @@ def read_image(path, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UP
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise UploadError(f"The image {name!r} is too large ({width}x{height} = {width * height / 1e6:.1f} megapixels, "
-                          f"the limit is {max_pixels / 1e6:g}): downscale it first.")
+        raise UploadError(f"The image {name!r} is too large ({width}x{height} = {width * height / 1e6:.1f} "
+                          f"megapixels, the limit is {max_pixels / 1e6:g}): downscale it first.")
     if width == 0 or height == 0:
         raise UploadError(f"The image {name!r} is empty ({width}x{height} pixels): upload another image.")
     try:
@@ -290,7 +291,7 @@ def certify_image(image, model: str = EMBEDDED_MODEL, sigma: float | None = None
         logits = certifier.model.base_classifier(batch)
         if len(seen) < num_noisy:
             k = num_noisy - len(seen)
-            seen.extend(zip(batch[:k].cpu(), logits[:k].argmax(dim=1).tolist()))
+            seen.extend(zip(batch[:k].cpu(), logits[:k].argmax(dim=1).tolist(), strict=True))
         return logits
 
     options = {"target_radius": list(target_radius), "first_look": first_look} if method == "adaptive" else {}
@@ -303,8 +304,8 @@ def certify_image(image, model: str = EMBEDDED_MODEL, sigma: float | None = None
     perturbed = (x + cert.radius * direction / direction.norm()).clamp(0, 1)
     return DemoResult(
         label=None if cert.abstained else names[cert.prediction], class_id=cert.prediction, radius=cert.radius,
-        pA_lower=cert.pA_lower, counts=dict(zip(names, cert.counts)), num_samples=cert.num_samples, sigma=sigma,
-        model_sigma=trained_sigma, n0=n0, n=n, alpha=alpha, method=method,
+        pA_lower=cert.pA_lower, counts=dict(zip(names, cert.counts, strict=True)), num_samples=cert.num_samples,
+        sigma=sigma, model_sigma=trained_sigma, n0=n0, n=n, alpha=alpha, method=method,
         target_radius=tuple(target_radius) if method == "adaptive" else None,
         resolution=tuple(x.shape[-2:]), seconds=time.perf_counter() - start, clean=_to_uint8(x),
         noisy=[(_to_uint8(image), names[vote]) for image, vote in seen], perturbed=_to_uint8(perturbed),
@@ -343,7 +344,7 @@ def build_app(model: str = EMBEDDED_MODEL, models=None, max_bytes: int = MAX_UPL
         except Exception as error:  # shown in the page
             return gr.update(), f"**Error:** {_one_line(error)}"
 
-    def on_certify(path, name, sigma, n, alpha, method, progress=gr.Progress(track_tqdm=True)):
+    def on_certify(path, name, sigma, n, alpha, method, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 gradio injects progress
         progress(0, desc="loading the model")
         try:
             result = certify_image(path, model=name, sigma=sigma, n=n, alpha=alpha, method=method, progress=True,
@@ -380,8 +381,8 @@ def build_app(model: str = EMBEDDED_MODEL, models=None, max_bytes: int = MAX_UPL
                 answer = gr.Markdown(elem_id="answer")
                 histogram = gr.HTML(elem_id="histogram")
             with gr.Column(scale=1):
-                noisy = gr.Gallery(label="Noisy images the model saw (and its vote)", columns=3, rows=2, height=260, object_fit="contain",
-                                   elem_id="noisy")
+                noisy = gr.Gallery(label="Noisy images the model saw (and its vote)", columns=3, rows=2, height=260,
+                                   object_fit="contain", elem_id="noisy")
                 with gr.Row():
                     clean = gr.Image(label="Clean (as the model sees it)", interactive=False, height=220,
                                      elem_id="clean")
