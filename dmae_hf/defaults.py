@@ -17,3 +17,10 @@ SEED = 0
 # `dmae demo` certifies 20 images in about a minute on 2 CPU cores: n = 1,000 caps the radius at 2.2 sigma
 # (0.55 at sigma = 0.25), which is enough to show what a certificate is.
 DEMO_N = 1000
+
+# The methods of `smoothing.certify` and the options each takes: the pipeline's call arguments, `dmae certify --method`
+# and the web demo read this table, so a new method is added here and in `smoothing.certify`.
+METHODS = {
+    "cohen": (),
+    "adaptive": ("first_look", "target_radius", "radius_tolerance", "estimate_tolerance"),
+}

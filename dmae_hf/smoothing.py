@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from .defaults import ALPHA, N0, NOISE_BATCH, SEED, N
+from .defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
 
 NOISE_BLOCK = 256
 _SELECTION, _ESTIMATION, _PREDICT = 0, 1, 2
@@ -455,11 +455,13 @@ def certify(base_classifier, x, sigma, n0=N0, n=N, alpha=ALPHA, batch_size=NOISE
     n0, n = _check_int("n0", n0), _check_int("n", n)
     if n0 > n:
         raise ValueError(f"n0 ({n0}) must not exceed n ({n}): the selection sample is the small one.")
-    if method not in ("cohen", "adaptive"):
-        raise ValueError(f"method must be 'cohen' or 'adaptive', got {method!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}.")
+    unknown = sorted(set(method_kwargs) - set(METHODS[method]))
+    if unknown:
+        takes = ", ".join(METHODS[method]) or "no extra options"
+        raise ValueError(f"method={method!r} takes {takes}; got {unknown}.")
     options = _adaptive_options(n, **method_kwargs) if method == "adaptive" else None
-    if method == "cohen" and method_kwargs:
-        raise ValueError(f"method='cohen' takes no extra options, got {sorted(method_kwargs)}.")
     sampler = _Sampler(base_classifier, x, sigma, seed, batch_size, autocast_dtype, progress, total=(n0 + n) * len(x),
                        distributed=distributed)
     selection = sampler.count([(i, s, n0) for i, s in enumerate(sampler.streams(_SELECTION, n0))])

@@ -86,3 +86,22 @@ def test_an_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
 def test_console_script_module_is_installed_with_the_package():
     setup = (REPO_ROOT / "setup.py").read_text()
     assert '"dmae=dmae_cli:main"' in setup and 'py_modules=["dmae_cli"]' in setup
+
+
+def test_certification_methods_come_from_one_table():
+    from dmae_hf.certification.pipeline import CERTIFY_PARAMETERS
+
+    _, commands = subcommands()
+    method = next(a for a in commands["certify"]._actions if a.dest == "method")
+    assert list(method.choices) == list(defaults.METHODS) == ["cohen", "adaptive"]
+    assert {option for options in defaults.METHODS.values() for option in options} <= set(CERTIFY_PARAMETERS)
+    for name, options in defaults.METHODS.items():  # the core accepts exactly the table's options per method
+        flags = {o for o in ("first_look", "target_radius") if o not in options}
+        if flags:
+            import torch
+
+            from dmae_hf.smoothing import certify
+
+            with pytest.raises(ValueError, match=f"method={name!r} takes"):
+                certify(lambda b: torch.zeros(len(b), 2), torch.rand(3, 4, 4), 0.25, n0=5, n=10, method=name,
+                        **dict.fromkeys(flags, 1))

@@ -102,7 +102,7 @@ def test_bad_uploads_get_a_message_that_names_the_problem(tmp_path, case):
     ({"n": 10.5}, "n must be a whole number"),
     ({"alpha": 0}, "alpha must be in (0, 1)"),
     ({"sigma": -0.1}, "sigma must be a number > 0"),
-    ({"method": "fast"}, "method must be one of adaptive, cohen"),
+    ({"method": "fast"}, "method must be one of cohen, adaptive"),
     ({"model": "dmae-nope"}, "Unknown DMAE short name 'dmae-nope'"),
     ({"model": ""}, "No model given"),
 ])

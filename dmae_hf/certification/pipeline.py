@@ -16,7 +16,7 @@ import torch
 from transformers import Pipeline
 from transformers.utils import logging
 
-from ..defaults import ALPHA, N0, NOISE_BATCH, SEED, N
+from ..defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
 from ..image_processing_dmae import DMAEImageProcessor
 from ..images import check_image_size, decode_image
 from ..modeling_dmae import check_pixel_values
@@ -34,8 +34,8 @@ AUTOCAST_DTYPES = {
 }
 
 # Call arguments routed to `model.certify` (and from there to `dmae_hf.smoothing.certify`).
-CERTIFY_PARAMETERS = ("n0", "n", "alpha", "seed", "method", "first_look", "target_radius", "radius_tolerance",
-                      "estimate_tolerance", "progress")
+METHOD_OPTIONS = tuple(dict.fromkeys(option for options in METHODS.values() for option in options))
+CERTIFY_PARAMETERS = ("n0", "n", "alpha", "seed", "method", *METHOD_OPTIONS, "progress")
 MAX_PIXELS = 50_000_000  # larger images are refused before their pixels are decoded
 PROGRESS_MIN_SAMPLES = 10_000  # progress=None shows a bar when a certificate draws n0 + n >= this many samples
 

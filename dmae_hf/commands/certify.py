@@ -14,7 +14,7 @@ import sys
 
 
 def register(subparsers):
-    from ..defaults import ALPHA, N0, NOISE_BATCH, SEED, N
+    from ..defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
 
     parser = subparsers.add_parser(
         "certify", help="certify a dataset split with randomized smoothing into a resumable TSV log",
@@ -36,7 +36,7 @@ def register(subparsers):
     parser.add_argument("--alpha", type=float, default=ALPHA, help="failure probability of each certificate")
     parser.add_argument("--batch", type=int, default=NOISE_BATCH, help="noisy samples per forward pass")
     parser.add_argument("--seed", type=int, default=SEED, help="image idx uses the seed mix(seed, idx)")
-    parser.add_argument("--method", choices=["cohen", "adaptive"], default="cohen",
+    parser.add_argument("--method", choices=list(METHODS), default="cohen",
                         help="cohen: n0 + n samples per image; adaptive: sequential looks that may stop early")
     parser.add_argument("--target-radius", type=float, nargs="+", default=None,
                         help="adaptive: the radii that matter; stop once the largest is certified or the next one "

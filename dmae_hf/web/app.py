@@ -30,7 +30,6 @@ from ..commands import EMBEDDED_MODEL
 logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-METHODS = ("adaptive", "cohen")
 # The adaptive method stops as soon as the largest target radius is certified or the next one is out of reach, so
 # the embedded model answers after 600-1,100 noisy samples (seconds on a CPU). n = DEMO_N caps the radius at about
 # 2.4 sigma (0.6 at sigma = 0.25), above the largest target.
@@ -265,8 +264,8 @@ def certify_image(image, model: str = EMBEDDED_MODEL, sigma: float | None = None
     from ..smoothing import certify
 
     start = time.perf_counter()
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
+    if method not in defaults.METHODS:
+        raise ValueError(f"method must be one of {', '.join(defaults.METHODS)}, got {method!r}.")
     n0 = _check_number("n0", n0, integer=True, low=1)
     n = _check_number("n", n, integer=True, low=1)
     alpha = _check_number("alpha", alpha, low=0, high=1)
@@ -372,7 +371,7 @@ def build_app(model: str = EMBEDDED_MODEL, models=None, max_bytes: int = MAX_UPL
                                       "default)", elem_id="sigma")
                 n_box = gr.Number(value=defaults.DEMO_N, precision=0, label="n (estimation samples)", elem_id="n")
                 alpha_box = gr.Number(value=defaults.ALPHA, label="alpha (failure probability)", elem_id="alpha")
-                method_box = gr.Radio(list(METHODS), value="adaptive", elem_id="method",
+                method_box = gr.Radio(list(defaults.METHODS), value="adaptive", elem_id="method",
                                       label=f"method (adaptive: stop once radius {' / '.join(map(str, TARGET_RADII))}"
                                             " is certified or out of reach)")
                 button = gr.Button("Certify", variant="primary", elem_id="certify")
