@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +40,7 @@ from dmae_hf.smoothing import add_gaussian_noise  # noqa: E402
 from dmae_hf.training.arguments import (  # noqa: E402
     DEFAULT_CROP_SCALE,
     HelpFormatter,
+    add_arguments,
     add_common_args,
     run_main,
     training_arguments,
@@ -49,38 +51,57 @@ from dmae_hf.training.optim import param_groups_layer_decay, schedule_lengths  #
 from dmae_hf.training.streams import DataSetup  # noqa: E402
 
 
+@dataclass
+class ClassifierArguments:
+    """The smoothed classifier's base classifier f and its noisy fine-tuning objective."""
+
+    num_labels: int | None = field(default=None, metadata={"help": "classes (None: the ClassLabel's number)"})
+    sigma: float = field(default=0.25, metadata={"help": "smoothing noise std in [0,1] pixels"})
+    consistency_lambda: float = field(default=2.0, metadata={"help": "weight of the KL consistency term"})
+    consistency_eta: float = field(default=0.5, metadata={"help": "weight of the entropy term"})
+    num_noise_samples: int = field(default=2, metadata={"help": "noisy copies per image (m)"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the cross-entropy"})
+    layer_decay: float = field(default=0.65, metadata={"help": "layer-wise lr decay"})
+    drop_path: float = field(default=0.1, metadata={"help": "stochastic depth rate"})
+    pooling: str | None = field(default=None, metadata={"help": "None: the checkpoint's or preset's",
+                                                              "choices": ["mean", "cls"]})
+
+
+@dataclass
+class AugmentationArguments:
+    """DeiT-style augmentation of the fine-tuning recipe (all off by default, the CIFAR-10 transfer's setting)."""
+
+    mixup: float = field(default=0.0, metadata={"help": "mixup alpha (paper ImageNet: 0.8)"})
+    cutmix: float = field(default=0.0, metadata={"help": "cutmix alpha (paper ImageNet: 1.0)"})
+    mixup_prob: float = field(default=1.0, metadata={"help": "probability of mixing a batch"})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "probability of cutmix instead of mixup"})
+    randaug: int = field(default=0, metadata={"help": "RandAugment ops per image (paper ImageNet: 2, m9)"})
+    randaug_m: int = field(default=9, metadata={"help": "RandAugment magnitude"})
+    reprob: float = field(default=0.0, metadata={"help": "random erasing probability"})
+
+
+@dataclass
+class EvaluationArguments:
+    """Validation during training and the quick CERTIFY of held-out images at the end."""
+
+    eval_every: int = field(default=1, metadata={"help": "epochs between validations (0: only at the end)"})
+    certify_examples: int = field(default=100, metadata={"help": "validation images certified at the end"})
+    certify_n0: int = field(default=defaults.N0, metadata={"help": "CERTIFY selection samples"})
+    certify_n: int = field(default=defaults.DEMO_N, metadata={
+        "help": "CERTIFY estimation samples (a quick check; the paper's tables use 100000)"})
+    certify_alpha: float = field(default=defaults.ALPHA, metadata={"help": "CERTIFY failure probability"})
+    certify_batch: int = field(default=defaults.NOISE_BATCH, metadata={"help": "noisy samples per forward pass"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(parser, "finetune")
-    g = parser.add_argument_group("smoothed classifier")
-    src = g.add_mutually_exclusive_group(required=True)
+    src = parser.add_argument_group("model source").add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="pre-trained DMAE directory or Hub id (DMAEForPreTraining or classifier)")
     src.add_argument("--from-scratch", action="store_true", help="random init from --preset (Cohen's baseline)")
-    g.add_argument("--num-labels", type=int, default=None, help="classes (None: the ClassLabel's number)")
-    g.add_argument("--sigma", type=float, default=0.25, help="smoothing noise std in [0,1] pixels")
-    g.add_argument("--consistency-lambda", type=float, default=2.0, help="weight of the KL consistency term")
-    g.add_argument("--consistency-eta", type=float, default=0.5, help="weight of the entropy term")
-    g.add_argument("--num-noise-samples", type=int, default=2, help="noisy copies per image (m)")
-    g.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
-    g.add_argument("--layer-decay", type=float, default=0.65, help="layer-wise lr decay")
-    g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
-    g.add_argument("--pooling", choices=["mean", "cls"], default=None, help="None: the checkpoint's or preset's")
-    g = parser.add_argument_group("augmentation")
-    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (paper ImageNet: 0.8)")
-    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (paper ImageNet: 1.0)")
-    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
-    g.add_argument("--mixup-switch-prob", type=float, default=0.5, help="probability of cutmix instead of mixup")
-    g.add_argument("--randaug", type=int, default=0, help="RandAugment ops per image (paper ImageNet: 2, m9)")
-    g.add_argument("--randaug-m", type=int, default=9, help="RandAugment magnitude")
-    g.add_argument("--reprob", type=float, default=0.0, help="random erasing probability")
-    g = parser.add_argument_group("evaluation")
-    g.add_argument("--eval-every", type=int, default=1, help="epochs between validations (0: only at the end)")
-    g.add_argument("--certify-examples", type=int, default=100, help="validation images certified at the end")
-    g.add_argument("--certify-n0", type=int, default=defaults.N0, help="CERTIFY selection samples")
-    g.add_argument("--certify-n", type=int, default=defaults.DEMO_N,
-                   help="CERTIFY estimation samples (a quick check; the paper's tables use 100000)")
-    g.add_argument("--certify-alpha", type=float, default=defaults.ALPHA, help="CERTIFY failure probability")
-    g.add_argument("--certify-batch", type=int, default=defaults.NOISE_BATCH, help="noisy samples per forward pass")
+    for title, cls in (("smoothed classifier", ClassifierArguments), ("augmentation", AugmentationArguments),
+                       ("evaluation", EvaluationArguments)):
+        add_arguments(parser, cls, title)
     return parser
 
 
@@ -178,10 +199,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     common = training_arguments(args)
     optim, run = common.optim, common.run
-    accelerator = make_accelerator(optim, run)
-    from accelerate.utils import set_seed
-
-    set_seed(optim.seed)
+    accelerator = make_accelerator(optim, run)  # seeded with optim.seed
     data = DataSetup(common.data, common.model.image_size or _image_size(args), with_labels=True, seed=optim.seed,
                      num_labels=args.num_labels, default_scale=DEFAULT_CROP_SCALE["finetune"])
     model = build_model(args, common, data.num_classes, data.class_names)

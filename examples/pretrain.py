@@ -69,10 +69,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     common = training_arguments(args)
     optim, run = common.optim, common.run
-    accelerator = make_accelerator(optim, run)
-    from accelerate.utils import set_seed
-
-    set_seed(optim.seed)
+    accelerator = make_accelerator(optim, run)  # seeded with optim.seed
     model = build_model(args, common)
     config = model.config
     data = DataSetup(common.data, config.image_size, with_labels=False, seed=optim.seed)

@@ -18,16 +18,18 @@ from .tracking import JsonlTracker
 def make_accelerator(optim: OptimizationArguments, run: RunArguments):
     """The run's Accelerator: `grad_accum` micro-steps per optimizer step, `mixed_precision` (None: the accelerate
     config's), `cpu`; rank 0 reads the stream and dispatches the batches (`dispatch_batches=True`, see
-    dmae_hf.training.data)."""
+    dmae_hf.training.data). Every RNG is seeded with `optim.seed` (`accelerate.utils.set_seed`) once it exists."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
     project = ProjectConfiguration(project_dir=run.output_dir)  # checkpoints: `Checkpoints`, not save_state
     kwargs = {"mixed_precision": optim.mixed_precision} if optim.mixed_precision else {}
     if run.cpu:
         kwargs["cpu"] = True
-    return Accelerator(gradient_accumulation_steps=optim.grad_accum, project_config=project,
-                       dataloader_config=DataLoaderConfiguration(dispatch_batches=True), **kwargs)
+    accelerator = Accelerator(gradient_accumulation_steps=optim.grad_accum, project_config=project,
+                              dataloader_config=DataLoaderConfiguration(dispatch_batches=True), **kwargs)
+    set_seed(optim.seed)
+    return accelerator
 
 
 def start_run(accelerator, model, optimizer, run: RunArguments, config: dict):
