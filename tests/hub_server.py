@@ -1,5 +1,9 @@
 """A loopback fake of the Hugging Face Hub HTTP API, enough for `push_to_hub` and `from_pretrained` round trips.
 
+Kept because nothing smaller serves these tests: huggingface_hub ships no test server, and mocking its client
+(e.g. patching `HfApi` methods) would skip the HTTP layer where the offline, 404 and network errors that dmae-hf turns
+into messages come from. `tests/test_hub.py` checks the routes against the installed client on every run.
+
 Stdlib only: a `ThreadingHTTPServer` on 127.0.0.1 (port chosen by the OS) with an in-memory store
 `{repo_id: Repo(files, sha, history)}`. Routes (the ones huggingface_hub 2.4 / transformers 5.23-5.24 call;
 checked with huggingface_hub 2.4.0 and transformers 5.24.0):
