@@ -29,6 +29,15 @@ def test_readme_example_runs(index, tmp_path, data_dir):
     assert result.returncode == 0, f"README python block {index}:\n{BLOCKS[index][:300]}\n{result.stderr[-3000:]}"
 
 
+def test_no_path_of_this_machine_in_the_project():
+    """No absolute path of the folder that holds the checkout (the build machine's) in any tracked text file."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    needle = f"{REPO_ROOT.parent}/".encode()
+    hits = [name for name in files.splitlines() if (REPO_ROOT / name).is_file()
+            and needle in (REPO_ROOT / name).read_bytes()]
+    assert len(files.splitlines()) > 50 and not hits, hits
+
+
 def test_readme_starts_with_the_two_newcomer_commands():
     lines = (REPO_ROOT / "README.md").read_text().splitlines()
     commands = [line for line in lines[:6] if line.startswith("pip install")]

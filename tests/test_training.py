@@ -327,7 +327,7 @@ def test_help_shows_every_option_with_help_and_its_default(script, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     text = " ".join(out.split())
-    assert "/work/" not in text and "uoft-cs/cifar10" in text and "ILSVRC/imagenet-1k" in text
+    assert f"{REPO_ROOT.parent}/" not in text and "uoft-cs/cifar10" in text and "ILSVRC/imagenet-1k" in text
     entries, current = {}, None  # option listing: an entry starts with a line "  --flag ..."
     for line in out.split("options:", 1)[1].splitlines():
         if line.startswith("  -"):
