@@ -26,7 +26,7 @@ from scipy.stats import beta, norm
 
 from dmae_hf import smoothing
 from dmae_hf.certification.analysis import certificate_arrays, certified_accuracy
-from dmae_hf.configuration_dmae import DMAEConfig
+from dmae_hf.configuration_dmae import PRESETS, DMAEConfig
 from dmae_hf.image_processing_dmae import DMAEImageProcessor
 from dmae_hf.modeling_dmae import DMAEForSmoothedClassification
 from dmae_hf.smoothing import add_gaussian_noise
@@ -145,7 +145,7 @@ def quick_train(model, steps, sigma, batch_size, device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "vit-base", "vit-large"])
+    parser.add_argument("--preset", default="tiny", choices=list(PRESETS))
     parser.add_argument("--model", default=None,
                         help="a trained classifier (directory or short name, e.g. dmae-tiny-cifar10) instead of a "
                              "preset")

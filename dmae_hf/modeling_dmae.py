@@ -394,10 +394,12 @@ class DMAEPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, refusing a checkpoint with NaN or Inf weights (corrupt, or saved after
-        training diverged) with a `ValueError` that names the tensors."""
+        """`PreTrainedModel.from_pretrained`, refusing a config override out of range (e.g. `smoothing_sigma=nan`,
+        named like any config error) and a checkpoint with NaN or Inf weights (corrupt, or saved after training
+        diverged) with a `ValueError` that names the tensors."""
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.config.validate_values()  # config overrides (`from_pretrained(path, smoothing_sigma=...)`) come after
         bad = non_finite_tensors(model.state_dict().items())
         if bad:
             raise ValueError(f"{pretrained_model_name_or_path}: {len(bad)} weight tensor(s) hold NaN or Inf values: "

@@ -229,3 +229,11 @@ def test_nan_weights_are_refused_by_from_pretrained_and_never_certify(tmp_path, 
         model.certify(image, n0=10, n=50, alpha=0.01)
     with pytest.raises(ValueError, match="non-finite logits"):
         model.predict(image, n=50, alpha=0.01)
+
+
+def test_out_of_range_overrides_are_refused_by_from_pretrained(tmp_path):
+    DMAEForSmoothedClassification(DMAEConfig.from_preset("tiny", num_labels=10)).save_pretrained(tmp_path)
+    for override, field in [({"smoothing_sigma": NAN}, "smoothing_sigma"), ({"mask_ratio": 1.5}, "mask_ratio")]:
+        with pytest.raises(ValueError, match=field):
+            DMAEForSmoothedClassification.from_pretrained(tmp_path, **override)
+    assert DMAEForSmoothedClassification.from_pretrained(tmp_path, smoothing_sigma=0.5).config.smoothing_sigma == 0.5

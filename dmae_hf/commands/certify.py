@@ -1,6 +1,6 @@
 """`dmae certify`: certify a dataset split into a resumable TSV log (see `dmae_hf/certification/dataset.py`).
 
-    dmae certify --model DIR_OR_NAME --dataset /data/cifar10 --split test --max 500 --image-column img \\
+    dmae certify --model DIR_OR_NAME --dataset uoft-cs/cifar10 --split test --max 500 --image-column img \\
         --n0 100 --n 10000 --alpha 0.001 --batch 1000 --seed 0 --out certify.tsv
 
 Run it again with the same arguments to resume a killed run; a second run on the same `--out` is refused while the
@@ -29,7 +29,9 @@ def register(subparsers):
     parser.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image (Cohen's --skip)")
     parser.add_argument("--max", "--max-index", type=int, default=-1, dest="max_index",
                         help="stop at this row index, excluded (Cohen's --max; -1 = the whole split)")
-    parser.add_argument("--image-column", default=None, help="image column (default: the first Image column)")
+    parser.add_argument("--image-column", default=None,
+                        help="image column (default: the first column named image, img, jpg, jpeg, png or webp, "
+                             "else the first Image column)")
     parser.add_argument("--label-column", default="label", help="integer label column")
     parser.add_argument("--n0", "--N0", type=int, default=N0, help="selection samples per image")
     parser.add_argument("--n", "--N", type=int, default=N, help="estimation samples per image")

@@ -80,7 +80,8 @@ class DataArguments:
         "(e.g. $DMAE_DATA_DIR/cifar10)", required=True))
     split: str = field(default="train", metadata=_arg("training split"))
     image_column: str | None = field(default=None, metadata=_arg(
-        "image column (None: the first of image, img, jpg, png, webp)"))
+        "image column (None: the first column named image, img, jpg, jpeg, png or webp, else the first Image "
+        "column)"))
     label_column: str | None = field(default="label", metadata=_arg("label column (a ClassLabel)"))
     token: str | None = field(default=None, metadata=_arg(
         "Hub token for gated datasets (None: HF_TOKEN or the saved login)"))
