@@ -5,7 +5,6 @@ epoch" across two CPU processes x two DataLoader workers (this file doubles as t
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -160,16 +159,11 @@ def test_first_examples_are_the_first_ones_even_with_workers(data_dir):
 
 # ------------------------------------------------------------------------------------------------------ sharding
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_epochs(out_dir, dataset: str, *extra: str) -> list[dict]:
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), os.path.abspath(__file__), "--dataset", dataset,
+    # --standalone: torchrun binds its own free port (no pick-then-bind race with the other xdist worker's runs)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.abspath(__file__), "--dataset", dataset,
            "--output-dir", str(out_dir), "--batch-size", "8", "--num-workers", "2", "--shuffle-buffer", "32", *extra]
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -37,23 +36,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_script(script: str, args: list, processes: int = 1, env: dict | None = None, timeout: int = 150):
+def run_script(script: str, args: list, processes: int = 1, env: dict | None = None, timeout: int = 100):
     path = str(REPO_ROOT / "examples" / script)
     if processes == 1:
         cmd = [sys.executable, path]
         env = dict(env or ENV)
-    else:  # the working CPU recipe: torchrun + ACCELERATE_USE_CPU (accelerate launch --cpu starts one process)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), path]
+    else:  # the working CPU recipe: torchrun + ACCELERATE_USE_CPU (accelerate launch --cpu starts one process);
+        # --standalone: torchrun binds its own free port (no pick-then-bind race with the other xdist worker's runs)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), path]
         env = dict(env or ENV, ACCELERATE_USE_CPU="1")
-    result = subprocess.run(cmd + [str(a) for a in args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    try:
+        result = subprocess.run(cmd + [str(a) for a in args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired as error:  # show where the run stood, not only pytest's own stacks
+        stderr = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else error.stderr or ""
+        pytest.fail(f"{script} did not finish in {timeout} s; its stderr ends with:\n{stderr[-3000:]}")
     assert result.returncode == 0, result.stderr[-5000:]
     return result
 
