@@ -46,7 +46,7 @@ from dmae_hf.training.arguments import (  # noqa: E402
     training_arguments,
 )
 from dmae_hf.training.augment import DeviceAugment, MixupCutmix, to_float  # noqa: E402
-from dmae_hf.training.loop import make_accelerator, push_folder_to_hub, save_final, start_run, train  # noqa: E402
+from dmae_hf.training.loop import end_run, make_accelerator, push_folder_to_hub, save_final, start_run, train  # noqa: E402
 from dmae_hf.training.optim import param_groups_layer_decay, schedule_lengths  # noqa: E402
 from dmae_hf.training.streams import DataSetup  # noqa: E402
 
@@ -263,8 +263,8 @@ def main(argv=None) -> int:
             f.write(render_model_card(name, unwrapped.config, results=results))
         if args.push_to_hub:
             print("pushed:", push_folder_to_hub(final, args.push_to_hub, token=args.token))
-    tracker.finish()
-    accelerator.end_training()
+    model = None  # DDP's reducer must go before the process group: see end_run
+    end_run(accelerator, tracker, checkpoints)
     return 0
 
 

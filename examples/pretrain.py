@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from dmae_hf import DMAEConfig, DMAEForPreTraining  # noqa: E402
 from dmae_hf.training.arguments import HelpFormatter, add_common_args, run_main, training_arguments  # noqa: E402
 from dmae_hf.training.augment import DeviceAugment  # noqa: E402
-from dmae_hf.training.loop import make_accelerator, push_folder_to_hub, save_final, start_run, train  # noqa: E402
+from dmae_hf.training.loop import end_run, make_accelerator, push_folder_to_hub, save_final, start_run, train  # noqa: E402
 from dmae_hf.training.optim import param_groups_weight_decay, schedule_lengths  # noqa: E402
 from dmae_hf.training.streams import DataSetup  # noqa: E402
 from dmae_hf.training.visualize import save_reconstruction  # noqa: E402
@@ -112,8 +112,8 @@ def main(argv=None) -> int:
             save_reconstruction(unwrapped, recon_batch, os.path.join(final, "reconstruction.png"))
         if run.push_to_hub:
             print("pushed:", push_folder_to_hub(final, run.push_to_hub, token=common.data.token))
-    tracker.finish()
-    accelerator.end_training()
+    model = None  # DDP's reducer must go before the process group: see end_run
+    end_run(accelerator, tracker, checkpoints)
     return 0
 
 

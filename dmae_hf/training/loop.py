@@ -105,6 +105,20 @@ def train(accelerator, model, optimizer, train_dl, train_stream, schedule: Sched
     progress.close()
 
 
+def end_run(accelerator, tracker: JsonlTracker, checkpoints: Checkpoints) -> None:
+    """Finish a run in the order DDP needs: the tracker closes, every rank waits, the references to the prepared
+    (DDP) model go (the accelerator's and `checkpoints`'; the caller drops its own first), and only then is the
+    process group destroyed. A DDP reducer freed after its process group can hang in gloo's destructor at exit."""
+    import gc
+
+    tracker.finish()
+    accelerator.wait_for_everyone()
+    checkpoints.model = checkpoints.optimizer = None
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()
+
+
 def save_final(model: torch.nn.Module, folder: str, small_images: bool) -> None:
     """`save_pretrained` the model and its image processor into `folder`: CIFAR's (images as they are) when the
     training images were small, else resize + center crop to the model's `image_size`."""
