@@ -9,7 +9,6 @@
      'resolution': [32, 32]}
 """
 
-import os
 import types
 
 import torch
@@ -18,7 +17,7 @@ from transformers.utils import logging
 
 from ..defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
 from ..image_processing_dmae import DMAEImageProcessor
-from ..images import check_image_size, decode_image
+from ..images import decode_image
 from ..modeling_dmae import check_pixel_values
 
 logger = logging.get_logger(__name__)
@@ -45,12 +44,6 @@ def parse_autocast_dtype(value):
     if value not in AUTOCAST_DTYPES:
         raise ValueError(f"autocast_dtype must be None, 'bf16' or 'fp16' (or torch.bfloat16/float16), got {value!r}.")
     return AUTOCAST_DTYPES[value]
-
-
-def load_image_file(path, max_pixels=None):
-    """An image file, decoded now by `dmae_hf.images.decode_image` (size checked from the header), so that a corrupt,
-    missing or oversized file fails here with a `ValueError`."""
-    return decode_image(os.fspath(path), max_pixels)
 
 
 class RandomizedSmoothingPipeline(Pipeline):
@@ -237,5 +230,4 @@ class RandomizedSmoothingPipeline(Pipeline):
         }
 
 
-# check_image_size: re-exported from dmae_hf.images
-__all__ = ["RandomizedSmoothingPipeline", "check_image_size", "load_image_file", "parse_autocast_dtype"]
+__all__ = ["RandomizedSmoothingPipeline", "parse_autocast_dtype"]
