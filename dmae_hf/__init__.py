@@ -25,7 +25,8 @@ _EXPORTS = {
     "DMAEForPreTraining": "modeling_dmae",
     "DMAEForSmoothedClassification": "modeling_dmae",
     "add_gaussian_noise": "smoothing",
-    "RandomizedSmoothingPipeline": "certification.pipeline",
+    "RandomizedSmoothingPipeline": "pipeline_dmae",
+    "SmoothedClassifier": "smoothed_classifier",
     "SHORT_NAMES": "hub.names",
 }
 
@@ -68,11 +69,11 @@ def register() -> None:
     )
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from .certification.pipeline import RandomizedSmoothingPipeline
     from .configuration_dmae import DMAEConfig
     from .hub.names import install_short_name_hook
     from .image_processing_dmae import DMAEImageProcessor
     from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification, DMAEModel
+    from .pipeline_dmae import RandomizedSmoothingPipeline
 
     AutoConfig.register("dmae", DMAEConfig, exist_ok=True)
     AutoModel.register(DMAEConfig, DMAEModel, exist_ok=True)

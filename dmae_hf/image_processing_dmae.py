@@ -1,8 +1,14 @@
 # Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
-"""Image processor for DMAE models: PIL and NumPy only (no torchvision), no normalisation."""
+"""Image processor for DMAE models: PIL and NumPy only (no torchvision), no normalisation; and `decode_image`, the one
+image decoder of dmae-hf (files, bytes, Hub cells, arrays, PIL images; size checked from the header before any pixel
+is decoded), kept here so that the files a checkpoint carries for `trust_remote_code` include it."""
+
+import io
+import os
+import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -72,6 +78,69 @@ def to_rgb(image) -> Image.Image:
         raise ValueError(f"Unsupported image dtype {arr.dtype}: use uint8, uint16 or float in [0, 1].")
     mode = {2: "L", 3: "RGB", 4: "RGBA"}[1 if arr.ndim == 2 else arr.shape[-1]] if arr.ndim == 3 else "L"
     return to_rgb(Image.fromarray(arr, mode=mode))
+
+
+def check_image_size(width, height, max_pixels, what="The image"):
+    """A `ValueError` when a width x height image exceeds `max_pixels`, before anything is decoded or allocated."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(f"{what} has {width}x{height} = {width * height / 1e6:.1f} megapixels, more than "
+                         f"max_pixels = {max_pixels:,}: downscale it first, or pass a larger max_pixels.")
+
+
+def _open(source, what: str) -> Image.Image:
+    """`Image.open` (reads the header only), with every failure a `ValueError` naming `what`."""
+    try:
+        with warnings.catch_warnings():  # the max_pixels check is ours
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(source)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{what} is too large to decode: {error} Downscale it first.") from error
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"Cannot read {what[0].lower()}{what[1:]}: {type(error).__name__}: {error}") from error
+
+
+def decode_image(value, max_pixels=None) -> Image.Image:
+    """Decode one image value now, so that a corrupt, missing or oversized image fails here with a `ValueError`.
+
+    `value` is a PIL image, a `{"bytes", "path"}` dict (a Hub `Image(decode=False)` cell), encoded bytes, a file
+    path, or a numpy array / tensor ((H, W), (H, W, 3|4) or (3|4, H, W); `uint8`, `uint16` or float in [0, 1]).
+    Images of more than `max_pixels` pixels are refused from their header (arrays: from their shape) before their
+    pixels are decoded. Returns a loaded PIL image in its own mode (arrays and tensors: 8-bit RGB, converted by the
+    image processor's `to_rgb`).
+    """
+    what, opened = "The image", False
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+        if value is None:
+            raise ValueError("No image data (a cell with neither bytes nor path): check the dataset's image column.")
+    if isinstance(value, (str, os.PathLike)):
+        what = f"The image {str(value)!r}"
+        if os.path.isdir(value):
+            raise ValueError(f"{str(value)!r} is a directory, not an image file: pass the image files it contains.")
+        if not os.path.isfile(value):
+            raise ValueError(f"No image file at {str(value)!r}: check the path.")
+        value, opened = _open(value, what), True
+    elif isinstance(value, (bytes, bytearray)):
+        value, opened = _open(io.BytesIO(value), what), True
+    if isinstance(value, Image.Image):
+        try:
+            check_image_size(*value.size, max_pixels, what=what)
+        except ValueError:
+            if opened:
+                value.close()
+            raise
+        try:
+            value.load()
+        except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt pixel data
+            raise ValueError(f"Cannot read {what[0].lower()}{what[1:]}: {type(error).__name__}: {error}") from error
+        return value
+    if not isinstance(value, np.ndarray) and hasattr(value, "numpy"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        array = channels_last(value)
+        if array.ndim in (2, 3):
+            check_image_size(array.shape[1], array.shape[0], max_pixels)
+    return to_rgb(value)  # arrays; anything else gets to_rgb's "Unsupported image type" error
 
 
 class DMAEImageProcessor(BaseImageProcessor):
@@ -157,4 +226,5 @@ class DMAEImageProcessor(BaseImageProcessor):
         return BatchFeature(data={"pixel_values": np.stack(arrays)}, tensor_type=return_tensors)
 
 
-__all__ = ["DMAEImageProcessor", "center_crop", "channels_last", "resize_shortest_edge", "to_rgb"]
+__all__ = ["DMAEImageProcessor", "center_crop", "channels_last", "check_image_size", "decode_image",
+           "resize_shortest_edge", "to_rgb"]

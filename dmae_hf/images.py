@@ -1,95 +1,18 @@
 # Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
-"""Where images come from: the one image decoder and the one dataset reader of dmae-hf.
+"""Where images come from: the one dataset reader of dmae-hf.
 
-- `decode_image(value, max_pixels)`: any image value (a PIL image, a Hub `Image(decode=False)` cell
-  `{"bytes", "path"}`, encoded bytes, a file path, a numpy array or a tensor) -> a decoded PIL image. The size is
-  checked from the header, before any pixel is decoded; every problem is a `ValueError` naming it. Used by the
-  `certified-image-classification` pipeline (files, arrays, PIL images), `dmae certify` (dataset cells) and training
-  (`dmae_hf.training.data.ImageDecoder`).
-- `load_image_split(path, split, ...)`: a split streamed with its image and label columns found by one rule, the
-  other columns dropped and the images left encoded. Used by `dmae certify` and training.
-
-Resizing and cropping are not done here: only `DMAEImageProcessor` does them. This module sits below both the
-certification side (`certify_dataset`, `pipeline_dmae`) and the training side (`data`), which import it and not
-each other; it imports only PIL, numpy and the self-contained image processor module (the file that checkpoints
-carry for `trust_remote_code`, which must not import this one).
+`load_image_split(path, split, ...)`: a split streamed with its image and label columns found by one rule
+(`find_image_column`), the other columns dropped and the images left encoded, for `dmae certify` and training, which
+decode each cell with `image_processing_dmae.decode_image` (the one image decoder; it lives in the portable processor
+file because the `certified-image-classification` pipeline, which checkpoints carry for `trust_remote_code`, needs
+it too). Resizing and cropping are not done here: only the image processors do them.
 """
 
-import io
 import os
-import warnings
-
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from .image_processing_dmae import channels_last, to_rgb
 
 # Image columns by name, in order of preference (webdataset shards name them by extension), then label columns.
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp")
 LABEL_FALLBACK = {"label": "cls"}  # webdataset's class column
-
-
-def check_image_size(width, height, max_pixels, what="The image"):
-    """A `ValueError` when a width x height image exceeds `max_pixels`, before anything is decoded or allocated."""
-    if max_pixels is not None and width * height > max_pixels:
-        raise ValueError(f"{what} has {width}x{height} = {width * height / 1e6:.1f} megapixels, more than "
-                         f"max_pixels = {max_pixels:,}: downscale it first, or pass a larger max_pixels.")
-
-
-def _open(source, what: str) -> Image.Image:
-    """`Image.open` (reads the header only), with every failure a `ValueError` naming `what`."""
-    try:
-        with warnings.catch_warnings():  # the max_pixels check is ours
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(source)
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"{what} is too large to decode: {error} Downscale it first.") from error
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"Cannot read {what[0].lower()}{what[1:]}: {type(error).__name__}: {error}") from error
-
-
-def decode_image(value, max_pixels=None) -> Image.Image:
-    """Decode one image value now, so that a corrupt, missing or oversized image fails here with a `ValueError`.
-
-    `value` is a PIL image, a `{"bytes", "path"}` dict (a Hub `Image(decode=False)` cell), encoded bytes, a file
-    path, or a numpy array / tensor ((H, W), (H, W, 3|4) or (3|4, H, W); `uint8`, `uint16` or float in [0, 1]).
-    Images of more than `max_pixels` pixels are refused from their header (arrays: from their shape) before their
-    pixels are decoded. Returns a loaded PIL image in its own mode (arrays and tensors: 8-bit RGB, converted by the
-    image processor's `to_rgb`).
-    """
-    what, opened = "The image", False
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-        if value is None:
-            raise ValueError("No image data (a cell with neither bytes nor path): check the dataset's image column.")
-    if isinstance(value, (str, os.PathLike)):
-        what = f"The image {str(value)!r}"
-        if os.path.isdir(value):
-            raise ValueError(f"{str(value)!r} is a directory, not an image file: pass the image files it contains.")
-        if not os.path.isfile(value):
-            raise ValueError(f"No image file at {str(value)!r}: check the path.")
-        value, opened = _open(value, what), True
-    elif isinstance(value, (bytes, bytearray)):
-        value, opened = _open(io.BytesIO(value), what), True
-    if isinstance(value, Image.Image):
-        try:
-            check_image_size(*value.size, max_pixels, what=what)
-        except ValueError:
-            if opened:
-                value.close()
-            raise
-        try:
-            value.load()
-        except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt pixel data
-            raise ValueError(f"Cannot read {what[0].lower()}{what[1:]}: {type(error).__name__}: {error}") from error
-        return value
-    if not isinstance(value, np.ndarray) and hasattr(value, "numpy"):  # a torch tensor
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        array = channels_last(value)
-        if array.ndim in (2, 3):
-            check_image_size(array.shape[1], array.shape[0], max_pixels)
-    return to_rgb(value)  # arrays; anything else gets to_rgb's "Unsupported image type" error
 
 
 # ---------------------------------------------------------------------------------------------------------- datasets
@@ -174,5 +97,4 @@ def load_image_split(path: str, split: str, image_column: str | None = None, lab
     return ds, image_column, label_column
 
 
-__all__ = ["decode_image", "check_image_size", "load_image_split", "find_image_column", "dataset_not_found",
-           "IMAGE_COLUMNS"]
+__all__ = ["dataset_not_found", "find_image_column", "load_image_split", "IMAGE_COLUMNS"]

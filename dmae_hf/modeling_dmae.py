@@ -659,6 +659,40 @@ class DMAEForPreTraining(DMAEPreTrainedModel):
         )
 
 
+    @torch.no_grad()
+    def denoise(self, noisy_pixel_values: torch.Tensor) -> torch.Tensor:
+        r"""D(x~): the DMAE as a denoiser, for denoised smoothing (Salman et al., 2020) in front of any classifier.
+
+        The encoder sees every patch of the noisy [0, 1] image (mask ratio 0) and the decoder's prediction becomes
+        an image of `image_size` in [0, 1] pixels (clamped). The decoder predicts the normalised image
+        `t = (x - image_mean) / image_std` patch by patch; with `norm_pix_loss` it predicts each patch standardised,
+        `(t - mu) / sqrt(v + 1e-6)`, and (mu, v) of the clean patch are estimated from the noisy patch t~, whose
+        noise has variance s_c^2 = (sigma / image_std_c)^2 in channel c:
+
+            mu^ = mean(t~),   v^ = max(var(t~) - mean_c s_c^2, 0)     (E[mean t~] = mu, E[var t~] = v + mean s^2)
+
+        with sigma = `config.noise_sigma`, the level the model was trained to remove: a denoiser serves that
+        sigma only. `image_size` inputs only (a bicubic resize would change the noise).
+        """
+        config = self.config
+        if tuple(noisy_pixel_values.shape[-2:]) != (config.image_size, config.image_size):
+            raise ValueError(f"The denoiser works on {config.image_size}x{config.image_size} images, got "
+                             f"{tuple(noisy_pixel_values.shape[-2:])}: certify at the denoiser's resolution.")
+        keep_in_order = torch.arange(config.num_patches, device=noisy_pixel_values.device, dtype=torch.float32)
+        hidden = self.dmae(noisy_pixel_values, mask_ratio=0.0,
+                           mask_noise=keep_in_order.expand(noisy_pixel_values.shape[0], -1), return_dict=True)
+        pred = self.decoder(hidden.last_hidden_state, hidden.ids_restore).float()
+        std = torch.tensor(config.image_std, device=pred.device).view(1, -1, 1, 1)
+        mean = torch.tensor(config.image_mean, device=pred.device).view(1, -1, 1, 1)
+        if config.norm_pix_loss:
+            noisy = self.patchify(self.preprocess_pixels(noisy_pixel_values.float()))
+            noise_var = ((config.noise_sigma / std) ** 2).mean()
+            patch_var = (noisy.var(dim=-1, keepdim=True) - noise_var).clamp(min=0)
+            pred = pred * (patch_var + 1.0e-6) ** 0.5 + noisy.mean(dim=-1, keepdim=True)
+        image = self.unpatchify(pred) * std + mean
+        return image.clamp(0.0, 1.0)
+
+
 def consistency_loss(logits: torch.Tensor, num_copies: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Consistency regularisation of Jeong & Shin (2020), as DMAE fine-tunes with it.
 

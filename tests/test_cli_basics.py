@@ -89,7 +89,7 @@ def test_console_script_module_is_installed_with_the_package():
 
 
 def test_certification_methods_come_from_one_table():
-    from dmae_hf.certification.pipeline import CERTIFY_PARAMETERS
+    from dmae_hf.pipeline_dmae import CERTIFY_PARAMETERS
 
     _, commands = subcommands()
     method = next(a for a in commands["certify"]._actions if a.dest == "method")

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from dmae_hf.certification.dataset import load_examples
-from dmae_hf.image_processing_dmae import DMAEImageProcessor
-from dmae_hf.images import IMAGE_COLUMNS, decode_image, find_image_column, load_image_split
+from dmae_hf.image_processing_dmae import DMAEImageProcessor, decode_image
+from dmae_hf.images import IMAGE_COLUMNS, find_image_column, load_image_split
 from dmae_hf.training import data
 
 pytestmark = pytest.mark.timeout(60)

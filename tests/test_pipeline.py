@@ -12,7 +12,7 @@ from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcesso
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TASK = "certified-image-classification"
 SMALL = dict(n0=10, n=100, alpha=0.01, batch_size=64, seed=3)
-KEYS = {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha", "resolution"}
+KEYS = {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha", "resolution", "denoiser"}
 
 
 def build_classifier(path, smoothing_sigma=0.25, with_processor=True):
@@ -105,7 +105,7 @@ def test_constructor_defaults_and_call_overrides(classifier_dir, cifar10_test_im
     (dict(alpha=1.5), "alpha"),
     (dict(batch_size=0), "batch_size"),
     (dict(method="bayes"), "method"),
-    (dict(sigma=0.5), "sigma comes from the model"),
+    (dict(sigma=0.5), "sigma is fixed when the pipeline is created"),
     (dict(temperature=2), "Unknown argument"),
     (dict(autocast_dtype="int8"), "autocast_dtype"),
 ])
@@ -121,9 +121,10 @@ def test_sigma_comes_from_the_config(tmp_path, cifar10_test_images):
     result = pipeline(TASK, model=str(build_classifier(tmp_path / "s05", smoothing_sigma=0.5)), device="cpu")(
         images[0], **SMALL)
     assert result["sigma"] == 0.5
-    zero = pipeline(TASK, model=str(build_classifier(tmp_path / "s0", smoothing_sigma=0.0)), device="cpu")
-    with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
-        zero(images[0], **SMALL)
+    with pytest.raises(ValueError, match="sigma must be a positive number"):
+        pipeline(TASK, model=str(build_classifier(tmp_path / "s0", smoothing_sigma=0.0)), device="cpu")
+    with pytest.raises(ValueError, match="fine-tuned for sigma = 0.5"):
+        pipeline(TASK, model=str(tmp_path / "s05"), sigma=0.25, device="cpu")
     with pytest.raises(ValueError, match="smoothing_sigma"):
         DMAEConfig.from_preset("tiny", smoothing_sigma=-0.25)
 

@@ -17,8 +17,7 @@ from test_pipeline import KEYS, TASK, build_classifier, check_result
 from transformers import pipeline
 
 import dmae_hf
-from dmae_hf import defaults
-from dmae_hf.certification import pipeline as pipeline_dmae
+from dmae_hf import defaults, pipeline_dmae
 from dmae_hf.cli import build_parser, main
 
 ASSETS = Path(dmae_hf.__file__).parent / "assets" / "cifar10"

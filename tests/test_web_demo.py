@@ -125,7 +125,7 @@ def test_examples_and_models_offered():
 def test_serve_without_gradio_is_one_line_naming_the_extra():
     """The core package and dmae_hf.web import without gradio; `dmae serve` then says how to install it."""
     code = ("import sys; sys.modules['gradio'] = None\n"
-            "import dmae_hf, dmae_hf.certification.pipeline, dmae_hf.smoothing, dmae_hf.web\n"
+            "import dmae_hf, dmae_hf.pipeline_dmae, dmae_hf.smoothing, dmae_hf.web\n"
             "from dmae_hf.cli import main\n"
             "sys.exit(main(['serve', '--port', '7999']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

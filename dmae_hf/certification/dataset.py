@@ -50,7 +50,8 @@ from pathlib import Path
 import torch
 
 from ..defaults import ALPHA, N0, NOISE_BATCH, SEED, N
-from ..images import decode_image, load_image_split
+from ..image_processing_dmae import decode_image
+from ..images import load_image_split
 from ..smoothing import mix_seed
 
 COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower", "samples")
@@ -231,8 +232,8 @@ def check_settings(out, settings: dict, has_rows: bool, rank: int = 0) -> None:
                          f"settings (n0, n, alpha, seed, method, sigma, dataset, ...). Restore {path}, or choose "
                          f"another --out (or move the log and its shards away to start afresh).")
     if has_rows:
-        changed = [f"{k}={saved.get(k)!r} (now {v!r})" for k, v in settings.items()
-                   if k != "model" and saved.get(k) != v]
+        changed = [f"{k}={saved.get(k)!r} (now {settings.get(k)!r})" for k in dict.fromkeys([*saved, *settings])
+                   if k != "model" and saved.get(k) != settings.get(k)]
         if changed:
             raise ValueError(f"{out} was written with other settings: {', '.join(changed)}. Resume with the same "
                              f"settings, or choose another --out.")
@@ -533,13 +534,16 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
     bar, examples = None, iter(())
     try:
         ds, image_column, label_column, num_rows = load_examples(dataset, split, image_column, label_column)
-        log.check_settings({
-            "model": str(pipe.model.name_or_path), "sigma": float(pipe.model.config.smoothing_sigma),
+        settings = {
+            "model": str(pipe.model.name_or_path), "sigma": pipe.smoothed.sigma,
             "dataset": os.path.abspath(dataset) if os.path.isdir(dataset) else dataset, "split": split,
             "image_column": image_column, "label_column": label_column, "n0": n0, "n": n, "alpha": alpha,
             "seed": seed, "method": method, "method_kwargs": dict(method_kwargs or {}),
             "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).replace("torch.", ""),
-        })
+        }
+        if pipe.denoiser_name is not None:  # (logs written without a denoiser keep their settings)
+            settings["denoiser"] = pipe.denoiser_name
+        log.check_settings(settings)
         selection = selected_indices(num_rows, skip, max_index)
         todo = None if selection is None else [k for k, i in enumerate(selection) if i not in done]
         mine = None if todo is None else sum(k % share == rank % share for k in todo)
@@ -566,10 +570,10 @@ def certify_dataset(pipe, dataset, out, *, split="test", skip=1, max_index=-1, i
                 print(f"warning: skipping idx {idx}: unreadable image ({error})", file=sys.stderr, flush=True)
                 summary["skipped_corrupt"] += 1
                 continue
-            certificate = pipe.model.certify(pixel_values[0].to(pipe.device), n0=n0, n=n, alpha=alpha,
-                                             batch_size=batch_size, seed=image_seed(seed, idx), method=method,
-                                             autocast_dtype=autocast_dtype, distributed=log.within_image,
-                                             **(method_kwargs or {}))
+            certificate = pipe.smoothed.certify(pixel_values[0].to(pipe.device), n0=n0, n=n, alpha=alpha,
+                                                batch_size=batch_size, seed=image_seed(seed, idx), method=method,
+                                                autocast_dtype=autocast_dtype, distributed=log.within_image,
+                                                **(method_kwargs or {}))
             label = example[label_column]
             if log.writer is not None:
                 log.writer.append(format_row(idx, -1 if label is None else int(label), certificate))

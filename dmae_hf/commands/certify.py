@@ -12,17 +12,22 @@ own parser rejects `--n` and `--max` as ambiguous abbreviations of its options, 
 
 import sys
 
+from . import add_smoothing_arguments
+
 
 def register(subparsers):
     from ..defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
 
     parser = subparsers.add_parser(
         "certify", help="certify a dataset split with randomized smoothing into a resumable TSV log",
-        description="Cohen et al.'s CERTIFY on every selected image of a dataset split, at the model's sigma. "
+        description="Cohen et al.'s CERTIFY on every selected image of a dataset split, for any image "
+                    "classifier (a DMAE classifier at its own sigma, or any other with --sigma, optionally behind a "
+                    "DMAE --denoiser). "
                     "Writes `idx label predict radius correct time pA_lower samples` rows (predict -1 = abstain). "
                     "Resumable; one run per log (LOG.lock); multi-process under torchrun/accelerate launch.")
-    parser.add_argument("--model", required=True, help="model directory, Hub id or short name "
-                        "(e.g. dmae-tiny-cifar10)")
+    parser.add_argument("--model", required=True, help="image classifier: directory, Hub id or short name "
+                        "(e.g. dmae-tiny-cifar10, or any AutoModelForImageClassification checkpoint with --sigma)")
+    add_smoothing_arguments(parser)
     parser.add_argument("--dataset", required=True, help="local Hub-layout dataset folder or Hub dataset id "
                         "(streamed)")
     parser.add_argument("--split", default="test", help="dataset split to certify")
@@ -78,7 +83,7 @@ def run(args) -> int:
     from transformers import pipeline
 
     from ..certification.dataset import CertificationLog, certify_dataset
-    from ..certification.pipeline import parse_autocast_dtype
+    from ..pipeline_dmae import parse_autocast_dtype
 
     method_kwargs = {k: v for k in ("target_radius", "first_look", "estimate_tolerance", "radius_tolerance")
                      if (v := getattr(args, k)) is not None}
@@ -87,11 +92,10 @@ def run(args) -> int:
     try:
         log = CertificationLog(args.out, within_image=args.within_image)  # before the model: a bad --out fails fast
         try:
-            pipe = pipeline("certified-image-classification", model=args.model,
-                            device=args.device or default_device(), dtype=torch.float32)
-            if args.compile:  # shadows the method on this instance; fixed batch shapes compile once each
-                pipe.model.base_classifier = torch.compile(pipe.model.base_classifier, mode=args.compile,
-                                                           dynamic=False)
+            pipe = pipeline("certified-image-classification", model=args.model, sigma=args.sigma,
+                            denoiser=args.denoiser, device=args.device or default_device(), dtype=torch.float32)
+            if args.compile:  # fixed batch shapes compile once each
+                pipe.smoothed.compile(mode=args.compile, dynamic=False)
             summary = certify_dataset(
                 pipe, args.dataset, log, split=args.split, skip=args.skip, max_index=args.max_index,
                 image_column=args.image_column, label_column=args.label_column, n0=args.n0, n=args.n,

@@ -13,16 +13,18 @@ printed, and the exit status is then 1.
 import json
 import sys
 
-from . import add_sampling_arguments
+from . import add_sampling_arguments, add_smoothing_arguments
 
 
 def register(subparsers):
     parser = subparsers.add_parser(
         "predict", help="certified label and radius of image files (the certified-image-classification pipeline)",
-        description="Certify each image (Cohen et al.'s CERTIFY at the model's sigma) and print label and radius. "
+        description="Certify each image (Cohen et al.'s CERTIFY) and print label and radius; any image "
+                    "classifier, with --sigma where it has no smoothing_sigma, optionally behind a DMAE --denoiser. "
                     "A bad image is reported on stderr, the others are printed, and the exit status is then 1.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     add_sampling_arguments(parser)
+    add_smoothing_arguments(parser)
     parser.add_argument("--device", default="cpu", help="torch device of the model")
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per certified image")
     parser.set_defaults(func=run)
@@ -34,9 +36,9 @@ def run(args) -> int:
     import torch
     from transformers import pipeline
 
-    certifier = pipeline("certified-image-classification", model=args.model, device=args.device,
-                         dtype=torch.float32)
-    pipeline_logger = logging.getLogger("dmae_hf.certification.pipeline")  # its notes: we print each failure ourselves
+    certifier = pipeline("certified-image-classification", model=args.model, sigma=args.sigma,
+                         denoiser=args.denoiser, device=args.device, dtype=torch.float32)
+    pipeline_logger = logging.getLogger("dmae_hf.pipeline_dmae")  # its notes: we print each failure ourselves
     level = pipeline_logger.level
     pipeline_logger.setLevel(logging.ERROR)
     try:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_processing_dmae import DMAEImageProcessor
-from ..images import dataset_not_found, decode_image, load_image_split
+from ..image_processing_dmae import DMAEImageProcessor, decode_image
+from ..images import dataset_not_found, load_image_split
 
 
 def load_image_stream(path: str, split: str = "train", image_column: str | None = None,

@@ -1,12 +1,18 @@
 # Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
-"""The `certified-image-classification` pipeline: Cohen et al.'s CERTIFY for a DMAE smoothed classifier.
+"""The `certified-image-classification` pipeline: Cohen et al.'s CERTIFY for the smoothed version of any image
+classifier (a DMAE classifier, or any `AutoModelForImageClassification` checkpoint, optionally behind a DMAE
+denoiser; see `smoothed_classifier.py`).
 
     >>> import dmae_hf
     >>> from transformers import pipeline
     >>> certifier = pipeline("certified-image-classification", model="path/to/classifier")
     >>> certifier("cat.png", n0=100, n=10_000, alpha=0.001)
     {'label': 'cat', 'class_id': 3, 'radius': 0.41, 'pA_lower': 0.95, 'abstained': False, 'sigma': 0.25, ...,
-     'resolution': [32, 32]}
+     'resolution': [32, 32], 'denoiser': None}
+    >>> pipeline("certified-image-classification", model="my-vit-cifar10", sigma=0.25, denoiser="path/to/dmae")
+
+This file and its flat siblings are what a checkpoint pushed by dmae-hf carries for `trust_remote_code=True`
+(`custom_pipelines` in its config), so it imports nothing outside them.
 """
 
 import types
@@ -15,10 +21,10 @@ import torch
 from transformers import Pipeline
 from transformers.utils import logging
 
-from ..defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
-from ..image_processing_dmae import DMAEImageProcessor
-from ..images import decode_image
-from ..modeling_dmae import check_pixel_values
+from .defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
+from .image_processing_dmae import DMAEImageProcessor, decode_image
+from .modeling_dmae import check_pixel_values
+from .smoothed_classifier import SmoothedClassifier
 
 logger = logging.get_logger(__name__)
 
@@ -47,12 +53,21 @@ def parse_autocast_dtype(value):
 
 
 class RandomizedSmoothingPipeline(Pipeline):
-    """Certified image classification with randomized smoothing (Cohen et al., 2019) at the model's own sigma.
+    """Certified image classification with randomized smoothing (Cohen et al., 2019).
 
     For each image, returns `{"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha",
-    "resolution"}`: with probability at least 1 - alpha the smoothed classifier g predicts `label` on the whole L2
-    ball of `radius` around the image, the L2 norm being that of [0, 1] pixels at `resolution` = [H, W], the model's
-    input (`config.image_size`). When CERTIFY abstains, `label` and `class_id` are `None` and `radius` is 0.0.
+    "resolution", "denoiser"}`: with probability at least 1 - alpha the smoothed classifier g predicts `label` on the
+    whole L2 ball of `radius` around the image, the L2 norm being that of [0, 1] pixels at `resolution` = [H, W],
+    the model's input. When CERTIFY abstains, `label` and `class_id` are `None` and `radius` is 0.0.
+
+    Models: a DMAE classifier (certified at its `config.smoothing_sigma`), or any image classifier with its own
+    image processor (ViT, ConvNeXt, ResNet, ...): the processor brings the clean image to the model's input
+    resolution without normalising it, the noise is added to those [0, 1] pixels in float32, and the processor's
+    rescaling and mean/std run inside f on the noisy image. Construction arguments (`pipeline(..., sigma=...,
+    denoiser=...)`): sigma (`float`): the noise std in [0, 1] pixels, required for models without
+    `smoothing_sigma` (values above 1, e.g. 0-255 units, are refused); denoiser: a DMAE pre-training checkpoint
+    (path, Hub id, short name or `DMAEForPreTraining`) put in front of the classifier, f(x~) = model(D(x~)),
+    trained at that sigma.
 
     Inputs: PIL images (any mode; converted to RGB by the image processor), image file paths, numpy arrays (HWC or
     HW, `uint8`, `uint16` or float in [0, 1]), (C, H, W) tensors, or lists of them (a list, or a (B, C, H, W)
@@ -77,8 +92,8 @@ class RandomizedSmoothingPipeline(Pipeline):
         and `resolution` None, and a logged warning, while the others are certified; "raise" stops at the first
         one. A single image always raises a `ValueError`. Invalid arguments (n0 > n, alpha, ...) always raise.
 
-    sigma is `model.config.smoothing_sigma`, the noise level the model was fine-tuned for; it cannot be overridden
-    here (use `model.certify(..., sigma=...)` for other levels).
+    A DMAE classifier's sigma is its `config.smoothing_sigma`, the level it was fine-tuned for, and cannot be
+    changed here (use `model.certify(..., sigma=...)` for other levels).
     """
 
     _load_image_processor = None  # the checkpoint's processor when it has one, else rescale-only (see __init__)
@@ -88,15 +103,25 @@ class RandomizedSmoothingPipeline(Pipeline):
     _load_video_processor = False
     max_pixels = MAX_PIXELS
 
-    def __init__(self, *args, batch_size=None, **kwargs):
+    def __init__(self, *args, batch_size=None, sigma=None, denoiser=None, **kwargs):
         if batch_size is not None:
             kwargs["noise_batch_size"] = batch_size
         super().__init__(*args, **kwargs)
+        is_dmae = getattr(self.model.config, "model_type", None) == "dmae"
         if self.image_processor is None:
+            if not is_dmae:
+                raise ValueError(f"No image processor found with {self.model.name_or_path!r}: a classifier needs its "
+                                 "own (its resize and normalisation), so save one next to the model or pass "
+                                 "image_processor=... to pipeline().")
             logger.warning("No image processor found with the model: using DMAEImageProcessor.for_cifar10(), which "
                            "only rescales to [0, 1] (save a DMAEImageProcessor next to the model to resize or crop).")
             self.image_processor = DMAEImageProcessor.for_cifar10()
-        self.model.eval()
+        self.smoothed = SmoothedClassifier(self.model, sigma=sigma, image_processor=self.image_processor,
+                                           denoiser=denoiser).to(self.device)
+        self.denoiser_name = None if denoiser is None else (
+            denoiser if isinstance(denoiser, str) else str(getattr(self.smoothed.denoiser, "name_or_path", "")) or
+            type(denoiser).__name__)
+        self.smoothed.eval()
         self._resize_logged = False
 
     def __call__(self, inputs, **kwargs):
@@ -118,8 +143,8 @@ class RandomizedSmoothingPipeline(Pipeline):
     def _sanitize_parameters(self, noise_batch_size=None, autocast_dtype=None, sigma=None, max_pixels=None,
                              resize=None, errors=None, **kwargs):
         if sigma is not None:
-            raise ValueError("sigma comes from the model (config.smoothing_sigma, the noise level it was trained "
-                             "for); use model.certify(pixel_values, sigma=...) to certify at another level.")
+            raise ValueError("sigma is fixed when the pipeline is created: pipeline('certified-image-classification', "
+                             "model=..., sigma=...) (a DMAE classifier's is its config.smoothing_sigma).")
         unknown = sorted(set(kwargs) - set(CERTIFY_PARAMETERS))
         if unknown:
             raise ValueError(f"Unknown argument(s) {unknown} for certified-image-classification; expected "
@@ -158,17 +183,22 @@ class RandomizedSmoothingPipeline(Pipeline):
             return {"error": str(error)}
 
     def _pixel_values(self, image, max_pixels, resize):
-        size = self.model.config.image_size
+        input_size = self.smoothed.input_size
         if isinstance(image, torch.Tensor) and image.ndim == 3 and image.is_floating_point():
-            return self._float_tensor(image, size)
+            return self._float_tensor(image, input_size)
         image = decode_image(image, max_pixels)
         processor = self.image_processor
-        if not isinstance(processor, DMAEImageProcessor):
-            pixel_values = processor(image, return_tensors="pt")["pixel_values"]
-            if tuple(pixel_values.shape[-2:]) != (size, size):
+        if not isinstance(processor, DMAEImageProcessor):  # a transformers processor: its resize, not its normalise
+            pixel_values = processor(image.convert("RGB"), do_rescale=False, do_normalize=False,
+                                     return_tensors="pt")["pixel_values"]
+            if pixel_values.dtype != torch.uint8:
+                pixel_values = pixel_values.clamp(0, 255).round()
+            pixel_values = pixel_values.float() / 255.0
+            if input_size is not None and tuple(pixel_values.shape[-2:]) != input_size:
                 raise ValueError(f"The image processor gives {tuple(pixel_values.shape[-2:])} pixel values, not the "
-                                 f"model's ({size}, {size}) input: configure it to resize and crop to {size}.")
+                                 f"model's {input_size} input: configure it to resize and crop to that size.")
             return pixel_values
+        size = self.model.config.image_size
         image = processor.resize_and_crop(image)
         if image.size != (size, size):
             if not resize:
@@ -182,19 +212,19 @@ class RandomizedSmoothingPipeline(Pipeline):
             image = processor.fit(image, size)
         return torch.from_numpy(processor.to_array(image)).unsqueeze(0)
 
-    def _float_tensor(self, image, size):
+    def _float_tensor(self, image, input_size):
         """A float (C, H, W) tensor, certified as given: checked, not resized."""
         if image.numel() == 0:
             raise ValueError(f"Empty image tensor of shape {tuple(image.shape)}: an image needs at least one pixel.")
         pixel_values = image.detach().float().cpu().unsqueeze(0)
-        check_pixel_values(pixel_values, num_channels=self.model.config.num_channels, clean=True)
+        check_pixel_values(pixel_values, num_channels=getattr(self.model.config, "num_channels", 3), clean=True)
         lo, hi = pixel_values.min().item(), pixel_values.max().item()
         if lo < 0 or hi > 1:
             raise ValueError(f"Float image tensors must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}].")
-        if tuple(image.shape[-2:]) != (size, size):
-            raise ValueError(f"A float tensor is certified as given, so it must be the model's input size (3, {size}, "
-                             f"{size}), got {tuple(image.shape)}: resize it, or pass it as a PIL image or uint8 "
-                             "array, which the pipeline resizes.")
+        if input_size is not None and tuple(image.shape[-2:]) != input_size:
+            raise ValueError(f"A float tensor is certified as given, so it must be the model's input size (3, "
+                             f"{input_size[0]}, {input_size[1]}), got {tuple(image.shape)}: resize it, or pass it as "
+                             "a PIL image or uint8 array, which the pipeline resizes.")
         return pixel_values
 
     def _forward(self, model_inputs, n0=N0, n=N, alpha=ALPHA, batch_size=NOISE_BATCH, seed=SEED, method="cohen",
@@ -204,20 +234,21 @@ class RandomizedSmoothingPipeline(Pipeline):
         if progress is None:
             progress = n0 + n >= PROGRESS_MIN_SAMPLES
         pixel_values = model_inputs["pixel_values"][0]
-        certificate = self.model.certify(pixel_values, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
-                                         method=method, autocast_dtype=autocast_dtype, progress=progress,
-                                         **method_kwargs)
+        certificate = self.smoothed.certify(pixel_values, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
+                                            method=method, autocast_dtype=autocast_dtype, progress=progress,
+                                            **method_kwargs)
         return {"certificate": certificate, "resolution": list(pixel_values.shape[-2:])}
 
     def postprocess(self, model_outputs):
         if "error" in model_outputs:
             return {"error": model_outputs["error"], "label": None, "class_id": None, "radius": 0.0, "pA_lower": 0.0,
-                    "abstained": True, "sigma": self.model.config.smoothing_sigma, "n0": model_outputs["n0"],
-                    "n": model_outputs["n"], "alpha": model_outputs["alpha"], "resolution": None}
+                    "abstained": True, "sigma": self.smoothed.sigma, "n0": model_outputs["n0"],
+                    "n": model_outputs["n"], "alpha": model_outputs["alpha"], "resolution": None,
+                    "denoiser": self.denoiser_name}
         certificate = model_outputs["certificate"]
         class_id = certificate.prediction
         return {
-            "label": None if class_id is None else self.model.config.id2label.get(class_id, str(class_id)),
+            "label": None if class_id is None else self.smoothed.id2label.get(class_id, str(class_id)),
             "class_id": class_id,
             "radius": certificate.radius,
             "pA_lower": certificate.pA_lower,
@@ -227,6 +258,7 @@ class RandomizedSmoothingPipeline(Pipeline):
             "n": certificate.n,
             "alpha": certificate.alpha,
             "resolution": model_outputs["resolution"],
+            "denoiser": self.denoiser_name,
         }
 
 
