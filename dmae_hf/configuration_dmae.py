@@ -184,6 +184,11 @@ class DMAEConfig(PreTrainedConfig):
         return cls(**{**PRESETS[name], **kwargs})
 
     def __post_init__(self, **kwargs):
+        if not __name__.startswith("transformers_modules."):
+            # Saved classifiers carry `custom_pipelines` for `pipeline(..., trust_remote_code=True)` where dmae-hf is
+            # not installed (this file then runs as remote code). Installed, dmae-hf serves its own registered
+            # pipeline, and transformers would otherwise ask for trust_remote_code: the entry is dropped here.
+            kwargs.pop("custom_pipelines", None)
         self.image_mean, self.image_std = self._channel_values("image_mean"), self._channel_values("image_std")
         if kwargs.get("num_labels") is not None:
             _check_int("num_labels", kwargs["num_labels"])

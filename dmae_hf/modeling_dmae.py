@@ -3,9 +3,11 @@
 """PyTorch DMAE: denoising masked autoencoder pre-training and the smoothed classifier fine-tuned from it."""
 
 import math
+import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
@@ -738,6 +741,10 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
     # `from_pretrained`. Any other unexpected, missing or mis-shaped key is still reported in full.
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^dmae\.layernorm\."]
     _keys_to_ignore_on_load_missing = [r"^classifier\.", r"^fc_norm\."]
+    # transformers' custom-pipeline entry (the format `Pipeline.save_pretrained` writes) for remote code
+    custom_pipelines = {"certified-image-classification": {
+        "impl": "pipeline_dmae.RandomizedSmoothingPipeline", "pt": ["AutoModelForImageClassification"], "tf": [],
+        "type": "image"}}
 
     def __init__(self, config: DMAEConfig):
         super().__init__(config)
@@ -856,6 +863,24 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
         return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
     @torch.no_grad()
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained` (also behind `push_to_hub`), plus the `certified-image-classification`
+        pipeline for remote code: `custom_pipelines` in config.json and `pipeline_dmae.py` with the flat files it
+        imports, so that `pipeline("certified-image-classification", model=..., trust_remote_code=True)` works where
+        dmae-hf is not installed."""
+        pipeline_file = Path(__file__).with_name("pipeline_dmae.py")
+        if not pipeline_file.is_file():  # remote code loaded without its pipeline: save the model alone
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        self.config.custom_pipelines = self.custom_pipelines
+        try:
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            del self.config.custom_pipelines
+        if kwargs.get("is_main_process", True):
+            for source in [pipeline_file, *get_relative_import_files(str(pipeline_file))]:
+                shutil.copyfile(source, Path(save_directory) / Path(source).name)
+        return result
+
     def predict(self, pixel_values, n: int = N, alpha: float = ALPHA, batch_size: int = NOISE_BATCH, seed: int = SEED,
                 sigma: float | None = None, **kwargs):
         """Cohen et al.'s PREDICT for the smoothed classifier at `sigma` (default `config.smoothing_sigma`).

@@ -188,7 +188,8 @@ class RandomizedSmoothingPipeline(Pipeline):
             return self._float_tensor(image, input_size)
         image = decode_image(image, max_pixels)
         processor = self.image_processor
-        if not isinstance(processor, DMAEImageProcessor):  # a transformers processor: its resize, not its normalise
+        # (by name: under trust_remote_code the processor's class may come from another copy of this module)
+        if type(processor).__name__ != DMAEImageProcessor.__name__:  # transformers': its resize, not its normalise
             pixel_values = processor(image.convert("RGB"), do_rescale=False, do_normalize=False,
                                      return_tensors="pt")["pixel_values"]
             if pixel_values.dtype != torch.uint8:

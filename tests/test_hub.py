@@ -360,7 +360,7 @@ def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
         assert report["sigma"] == 0.25 and report["label3"] == "cat"
         certificate = report["pipeline"]  # the pipeline certified the photo with the pushed classifier
         assert set(certificate) == {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n",
-                                    "alpha", "resolution"}
+                                    "alpha", "resolution", "denoiser"}
         assert certificate["sigma"] == 0.25 and certificate["n"] == 100
 
         # what the Hub received: safetensors weights (no pickles), configs, processor config and the rendered card
