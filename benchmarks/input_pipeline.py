@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     base = rows[0][1]["rate"]
     print(f"{args.images} images ({args.shards} shards), decode {args.decode_size}px, {args.workers} worker(s) per "
           f"process, {os.cpu_count()} CPUs")
-    print(f"| mode | images/s | x baseline | rank 0 decodes |\n|---|---|---|---|")
+    print("| mode | images/s | x baseline | rank 0 decodes |\n|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['rate']:.0f} | {r['rate'] / base:.2f} | {100 * r['rank0_share']:.0f}% |")
     for p in args.processes:
