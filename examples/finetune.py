@@ -201,19 +201,20 @@ def main(argv=None) -> int:
     optim, run = common.optim, common.run
     accelerator = make_accelerator(optim, run)  # seeded with optim.seed
     data = DataSetup(common.data, common.model.image_size or _image_size(args), with_labels=True, seed=optim.seed,
-                     num_labels=args.num_labels, default_scale=DEFAULT_CROP_SCALE["finetune"])
+                     num_labels=args.num_labels, default_scale=DEFAULT_CROP_SCALE["finetune"],
+                     rank=accelerator.process_index, num_processes=accelerator.num_processes)
     model = build_model(args, common, data.num_classes, data.class_names)
     config = model.config
     augment = DeviceAugment(data.augment_size, scale=data.crop_scale, hflip=True, randaug_n=args.randaug,
                             randaug_m=args.randaug_m, erase_prob=args.reprob).to(accelerator.device)
     mixer = MixupCutmix(data.num_classes, args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob)
-    schedule = schedule_lengths(optim, accelerator.num_processes, data.train_size)
+    schedule = schedule_lengths(optim, accelerator.num_processes, data.train_size, drop_last=data.num_processes > 1)
 
     groups = param_groups_layer_decay(model, optim.weight_decay, args.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.999))
-    train_dl = data.loader(data.train, optim.batch_size, common.data.num_workers)
     val_dl = data.loader(data.val, optim.batch_size, 0) if data.val is not None else None
-    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    train_dl = data.train_loader(accelerator, optim.batch_size, common.data.num_workers)
     if val_dl is not None:
         val_dl = accelerator.prepare(val_dl)
     state, checkpoints, tracker, resumed = start_run(

@@ -72,14 +72,15 @@ def main(argv=None) -> int:
     accelerator = make_accelerator(optim, run)  # seeded with optim.seed
     model = build_model(args, common)
     config = model.config
-    data = DataSetup(common.data, config.image_size, with_labels=False, seed=optim.seed)
+    data = DataSetup(common.data, config.image_size, with_labels=False, seed=optim.seed,
+                     rank=accelerator.process_index, num_processes=accelerator.num_processes)
     augment = DeviceAugment(data.augment_size, scale=data.crop_scale, hflip=True).to(accelerator.device)
-    schedule = schedule_lengths(optim, accelerator.num_processes, data.train_size)
+    schedule = schedule_lengths(optim, accelerator.num_processes, data.train_size, drop_last=data.num_processes > 1)
 
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, optim.weight_decay), lr=schedule.lr,
                                   betas=(0.9, 0.95))
-    train_dl = data.loader(data.train, optim.batch_size, common.data.num_workers)
-    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    train_dl = data.train_loader(accelerator, optim.batch_size, common.data.num_workers)
     state, checkpoints, tracker, resumed = start_run(
         accelerator, model, optimizer, run,
         config=dict(vars(args), total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps,

@@ -18,6 +18,18 @@ checked with huggingface_hub 2.4.0 and transformers 5.24.0):
                                                      404 + X-Error-Code EntryNotFound / RepoNotFound / RevisionNotFound
     GET  /api/whoami-v2                           -> a fixed user
 
+Dataset repositories (`hub.add_dataset(repo_id, files, gated=...)`; the routes `datasets.load_dataset(repo_id,
+streaming=True)` calls through huggingface_hub's `HfFileSystem`; checked with datasets 5.2.0):
+
+    GET  /api/datasets/{repo}[/revision/{rev}]    -> {"id", "sha", "siblings", "private", "gated"}
+    GET  /api/datasets/{repo}/tree/{rev}[/{path}] -> files and folders under path; `recursive=true`: all of them,
+                                                     else the direct children; `expand=true` adds "lastCommit"
+    POST /api/datasets/{repo}/paths-info/{rev}    -> the entries of the form's `paths`
+    HEAD/GET /datasets/{repo}/resolve/{rev}/{path} -> as for models, with `Range: bytes=a-b` (206) as
+                                                     HfFileSystem reads parquet footers and row groups
+    gated repo: 401 (no token) / 403 (a token not in `granted`) with X-Error-Code GatedRepo on tree, paths-info
+                and resolve; the repo info stays public (as on the Hub)
+
 Use as a context manager: `with FakeHub() as hub: hub.endpoint ...`; `hub.requests` logs (method, path).
 `point_client_at(monkeypatch, endpoint, cache_dir)` points this process's Hub client (huggingface_hub reads its
 settings at import time) at it, for in-process tests; subprocesses take `HF_ENDPOINT` etc. in their environment.
@@ -31,7 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 USER = "tester"
 
@@ -40,6 +52,8 @@ USER = "tester"
 class Repo:
     files: dict[str, bytes] = field(default_factory=dict)
     commits: list[str] = field(default_factory=list)
+    gated: bool = False
+    granted: set[str] = field(default_factory=set)  # tokens with access to a gated repo
 
     @property
     def sha(self) -> str:
@@ -49,6 +63,7 @@ class Repo:
 class FakeHub:
     def __init__(self):
         self.repos: dict[str, Repo] = {}
+        self.datasets: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -79,9 +94,19 @@ class FakeHub:
             repo.commits.append(sha)
             return sha
 
-    def lookup(self, repo_id: str, revision: str) -> Repo | None:
+    def add_dataset(self, repo_id: str, files: dict[str, bytes], gated: bool = False, granted=()) -> str:
+        """Create dataset repository `repo_id` holding `files` (one commit); `gated`: only the tokens in `granted`
+        may read its files. Returns the commit sha."""
+        with self.lock:
+            repo = self.datasets[repo_id] = Repo(gated=gated, granted=set(granted))
+            repo.files.update(files)
+            repo.commits.append(hashlib.sha1(f"datasets/{repo_id}".encode() +
+                                             b"".join(sorted(files.values()))).hexdigest())
+            return repo.sha
+
+    def lookup(self, repo_id: str, revision: str, store: dict | None = None) -> Repo | None:
         """The repo if `revision` is "main" or one of its commits (files are only kept at the head)."""
-        repo = self.repos.get(repo_id)
+        repo = (self.repos if store is None else store).get(repo_id)
         if repo is not None and revision not in ("main", repo.sha):
             return None
         return repo
@@ -145,8 +170,86 @@ def _handler_for(hub: FakeHub):
             hub.requests.append((self.command, path))
             return path
 
+        def _dataset(self, repo_id: str, revision: str, files: bool = True):
+            """The dataset repo at `revision`, or None after sending the Hub's error (missing, gated)."""
+            if repo_id not in hub.datasets:
+                self._error(401 if not self.headers.get("Authorization") else 404, "RepoNotFound",
+                            f"Repository not found: datasets/{repo_id}")
+                return None
+            repo = hub.lookup(repo_id, revision, hub.datasets)
+            if repo is None:
+                self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                return None
+            if files and repo.gated:
+                token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+                if token not in repo.granted:
+                    self._error(403 if token else 401, "GatedRepo",
+                                f"Access to dataset {repo_id} is restricted. You must have access to it and be "
+                                f"authenticated to access it. Please log in.")
+                    return None
+            return repo
+
+        def _entries(self, repo: Repo, prefix: str, recursive: bool, expand: bool) -> list[dict] | None:
+            """Tree entries under folder `prefix` (None when there is no such folder)."""
+            prefix = prefix.strip("/")
+            under = {name: data for name, data in repo.files.items() if not prefix or name.startswith(prefix + "/")}
+            if prefix and not under:
+                return None
+            files, folders = [], set()
+            for name, data in sorted(under.items()):
+                rest = name[len(prefix) + 1:] if prefix else name
+                parts = rest.split("/")
+                for depth in range(1, len(parts)):
+                    if recursive or depth == 1:
+                        folders.add("/".join(([prefix] if prefix else []) + parts[:depth]))
+                if recursive or len(parts) == 1:
+                    files.append(self._file_entry(repo, name, data, expand))
+            dirs = [{"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0,
+                     **({"lastCommit": self._last_commit(repo)} if expand else {})} for d in sorted(folders)]
+            return dirs + files
+
+        @staticmethod
+        def _last_commit(repo: Repo) -> dict:
+            return {"id": repo.sha, "title": "upload", "date": "2026-01-01T00:00:00.000Z"}
+
+        def _file_entry(self, repo: Repo, name: str, data: bytes, expand: bool = False) -> dict:
+            entry = {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+            if expand:
+                entry["lastCommit"] = self._last_commit(repo)
+            return entry
+
+        def _send_file(self, repo: Repo, data: bytes):
+            headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                       "Accept-Ranges": "bytes"}
+            m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range") or "")
+            if m and data:
+                start = int(m.group(1)) if m.group(1) else max(0, len(data) - int(m.group(2)))
+                end = min(int(m.group(2)), len(data) - 1) if m.group(1) and m.group(2) else len(data) - 1
+                headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+                return self._send(206, data[start:end + 1], headers, content_type="application/octet-stream")
+            return self._send(200, data, headers, content_type="application/octet-stream")
+
         def do_POST(self):
             path, body = self._route(), self._body()
+            m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/paths-info/(.+)", path)
+            if m:
+                repo = self._dataset(*m.groups())
+                if repo is None:
+                    return None
+                form = (json.loads(body) if body.startswith(b"{") else
+                        {k: v for k, v in parse_qs(body.decode()).items()})
+                paths = form.get("paths") or []
+                paths = [paths] if isinstance(paths, str) else paths
+                expand = str(form.get("expand", "")).lower() in ("true", "['true']", "['1']", "1")
+                out = []
+                for name in paths:
+                    name = name.strip("/")
+                    if name in repo.files:
+                        out.append(self._file_entry(repo, name, repo.files[name], expand))
+                    elif any(f.startswith(name + "/") for f in repo.files):
+                        out.append({"type": "directory", "path": name, "oid": hashlib.sha1(name.encode()).hexdigest(),
+                                    "size": 0})
+                return self._send(200, out)
             if path == "/api/repos/create":
                 data = json.loads(body or b"{}")
                 repo_id = f"{data.get('organization') or USER}/{data['name']}"
@@ -191,6 +294,36 @@ def _handler_for(hub: FakeHub):
 
         def do_GET(self):
             path = self._route()
+            query = parse_qs(urlparse(self.path).query)
+            m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+            if m:
+                repo_id, revision = m.group(1), m.group(2) or "main"
+                repo = self._dataset(repo_id, revision, files=False)
+                if repo is None:
+                    return None
+                return self._send(200, {"id": repo_id, "sha": repo.sha, "private": False,
+                                        "gated": "manual" if repo.gated else False, "cardData": {},
+                                        "lastModified": "2026-01-01T00:00:00.000Z",
+                                        "siblings": [{"rfilename": name} for name in sorted(repo.files)]})
+            m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
+            if m:
+                repo = self._dataset(m.group(1), m.group(2))
+                if repo is None:
+                    return None
+                flag = lambda name: query.get(name, ["false"])[0].lower() in ("true", "1")  # noqa: E731
+                entries = self._entries(repo, m.group(3) or "", flag("recursive"), flag("expand"))
+                if entries is None:
+                    return self._error(404, "EntryNotFound", f"{m.group(3)} does not exist on {m.group(2)}")
+                return self._send(200, entries)
+            m = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+            if m:
+                repo_id, revision, filename = m.groups()
+                repo = self._dataset(repo_id, revision)
+                if repo is None:
+                    return None
+                if filename not in repo.files:
+                    return self._error(404, "EntryNotFound", f"{filename} does not exist at {revision}")
+                return self._send_file(repo, repo.files[filename])
             if path == "/api/whoami-v2":
                 return self._send(200, {"type": "user", "name": USER, "orgs": [],
                                         "auth": {"accessToken": {"role": "write"}}})

@@ -164,7 +164,8 @@ def run_epochs(out_dir, dataset: str, *extra: str) -> list[dict]:
     # --standalone: torchrun binds its own free port (no pick-then-bind race with the other xdist worker's runs)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            os.path.abspath(__file__), "--dataset", dataset,
-           "--output-dir", str(out_dir), "--batch-size", "8", "--num-workers", "2", "--shuffle-buffer", "32", *extra]
+           "--output-dir", str(out_dir), "--batch-size", "8", "--num-workers", "2", "--shuffle-buffer", "32",
+           "--data-mode", "dispatch", *extra]
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stderr[-4000:]
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]

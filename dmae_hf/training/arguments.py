@@ -95,7 +95,13 @@ class DataArguments:
     crop_scale: tuple[float, float] | None = field(default=None, metadata=_arg(CROP_SCALE_HELP, nargs=2))
     no_crop: bool = field(default=False, metadata=_arg("disable RandomResizedCrop"))
     shuffle_buffer: int = field(default=10_000, metadata=_arg("examples in the streaming shuffle buffer"))
-    num_workers: int = field(default=4, metadata=_arg("DataLoader workers decoding images (rank 0)"))
+    num_workers: int = field(default=4, metadata=_arg(
+        "DataLoader workers decoding images, per process (per-rank mode) or on rank 0 (dispatch mode)"))
+    data_mode: str = field(default="per-rank", metadata=_arg(
+        "per-rank: each process reads and decodes its own disjoint part of the shards (decoding scales with the "
+        "processes; ranks stop together, dropping the longer ranks' last examples); dispatch: rank 0 reads and "
+        "decodes every batch and splits it over the ranks (every example exactly once; rank 0 bounds the speed)",
+        choices=["per-rank", "dispatch"]))
 
 
 @dataclass

@@ -8,12 +8,24 @@ optional exclusion of a held-out validation set -> shuffle buffer -> decode + fi
 CPU workers (`ImageDecoder`) -> `collate` to `uint8` tensors. Random augmentation runs batched on the device
 afterwards (`dmae_hf.training.augment`), and the Gaussian noise is added by the model.
 
-Sharding across processes: the raw stream goes to `accelerator.prepare(DataLoader(...))` with Accelerate's default
-for iterable datasets (`dispatch_batches=True`): rank 0 reads the stream (its DataLoader workers split the
-shards), each global batch is split over the ranks. Every example is then seen exactly once per epoch whatever the
-shard count (CIFAR-10 has 5 train shards, ImageNet parquet 294) and every rank runs the same number of steps, so
-DDP never hangs on uneven shards. The cost: rank 0's workers decode for everyone (use enough `--num-workers`). We
-never call `split_dataset_by_node` ourselves (combined with `prepare` it shards twice and silently drops data).
+Sharding across processes (`--data-mode`):
+
+- `per-rank` (default): every process reads a disjoint part of the stream and decodes it on its own DataLoader
+  workers (`build_stream`: the encoded stream is split before decoding): whole shards per
+  rank when the shard count is a multiple of the world size (each rank reads only its own files), else every
+  `world_size`-th example of the shuffled stream (each rank reads every file's bytes but decodes only its own
+  examples). Every example is seen at most once per epoch; ranks stop together at the first step where any rank
+  has no full batch left (`streams.RankBatches`: one all-gather of a flag per batch), so DDP never hangs on uneven
+  ends; the dropped examples are the tail of the longer ranks (less than one batch per rank with the example split,
+  the excess shards' worth with uneven shard sizes). The decoding throughput grows with the number of processes.
+- `dispatch`: the stream goes to `accelerator.prepare(DataLoader(...))` with `dispatch_batches=True`: rank 0 reads
+  and decodes everything (its workers split the shards) and splits each global batch over the ranks. Every example
+  is seen exactly once per epoch (the last global batch is padded with the epoch's first examples), at the cost of
+  rank 0 decoding for every GPU. Use it when the stream cannot be split evenly (fewer examples than ranks x batch,
+  or a single unsplittable source read by one process) or to check the per-rank mode against it. Validation
+  loaders always use it (small, and `gather_for_metrics` drops the padding). We never call `split_dataset_by_node`:
+  its example-level split applies after the map, i.e. every rank would still decode every example, and combined
+  with `prepare` it shards twice.
 
 Held-out validation (`--val-size N`): the first N examples of the unshuffled train stream, identified by a hash of
 their encoded bytes (`example_id`), are removed from the training stream by a filter. A filter, unlike
@@ -22,7 +34,9 @@ their encoded bytes (`example_id`), are removed from the training stream by a fi
 Resumable position: the epoch's order is fixed by `(seed, epoch)` (`shuffle` + `set_epoch`), and the checkpointed
 `TrainState` (`dmae_hf.training.checkpoints`) records the batches already consumed in the epoch; a resumed run
 re-reads and skips them (`skip_batches`), so it continues with exactly the examples the interrupted run would have
-seen. (A `ds.state_dict()` alone is not enough with DataLoader workers, each of which holds part of the stream.)
+seen. (A `ds.state_dict()` alone is not enough with DataLoader workers, each of which holds part of the stream.) In
+the per-rank mode each rank skips its own consumed batches, which are the same ones again since its part of the
+stream depends only on `(seed, epoch, rank, world size, workers)`.
 """
 
 from __future__ import annotations
@@ -198,11 +212,33 @@ class UniformBatches(torch.utils.data.IterableDataset):
                 yield {k: v[i] for k, v in batch.items()}
 
 
-def build_stream(ds, decoder: ImageDecoder, shuffle: bool = True, seed: int = 0, buffer_size: int = 10_000):
-    """Shuffle (buffer + shard order; call `set_epoch` each epoch) and decode. Returns an `IterableDataset`."""
+def rank_split(num_shards: int, world_size: int) -> str:
+    """How `build_stream` splits a stream of `num_shards` shards over `world_size` ranks: "whole" (one rank),
+    "shards" when `num_shards % world_size == 0` (rank r keeps shards r, r + world_size, ... and reads only those
+    files), else "examples" (rank r keeps the examples of index r mod world_size of each DataLoader worker's
+    shuffled stream: it reads every file's bytes but decodes only its own examples)."""
+    if world_size <= 1:
+        return "whole"
+    return "shards" if num_shards % world_size == 0 else "examples"
+
+
+def build_stream(ds, decoder: ImageDecoder, shuffle: bool = True, seed: int = 0, buffer_size: int = 10_000,
+                 rank: int = 0, world_size: int = 1):
+    """Keep this rank's part of a stream of encoded examples (`rank_split`), shuffle it (buffer + shard order; call
+    `set_epoch` each epoch) and decode it. Returns an `IterableDataset`.
+
+    The ranks' parts are disjoint and together are the whole stream, for any shard count. The example split needs
+    the same stream order on every rank, which holds because the shuffle depends only on `(seed, epoch)` and every
+    rank runs the same number of workers. Decoding comes after the split, so a rank decodes only its own examples
+    (unlike `split_dataset_by_node`, whose example split applies after the map)."""
+    features, how = list(ds.features), rank_split(ds.num_shards, world_size)
+    if how == "shards":
+        ds = ds.shard(num_shards=world_size, index=rank, contiguous=False)
     if shuffle:
         ds = ds.shuffle(seed=seed, buffer_size=buffer_size)
-    return ds.map(decoder, remove_columns=list(ds.features))
+    if how == "examples":
+        ds = ds.filter(lambda _, index: index % world_size == rank, with_indices=True)
+    return ds.map(decoder, remove_columns=features)
 
 
 def validate_stream(ds, decoder: ImageDecoder, num_examples: int = 64) -> int:
@@ -226,6 +262,7 @@ __all__ = [
     "ImageDecoder",
     "collate",
     "build_stream",
+    "rank_split",
     "validate_stream",
     "check_label",
     "example_id",

@@ -93,14 +93,17 @@ class Schedule:
         return lr_at(step, self.total_steps, self.warmup_steps, self.lr, self.min_lr)
 
 
-def schedule_lengths(optim: OptimizationArguments, num_processes: int, train_size: int | None) -> Schedule:
+def schedule_lengths(optim: OptimizationArguments, num_processes: int, train_size: int | None,
+                     drop_last: bool = False) -> Schedule:
     """The `Schedule` of a run. Effective batch = batch * grad_accum * processes, lr = blr * effective batch / 256
-    unless `lr` is given; an epoch has ceil(train_size / (batch * processes)) micro-batches."""
+    unless `lr` is given; an epoch has ceil(train_size / (batch * processes)) micro-batches, or floor(...) with
+    `drop_last` (the per-rank data mode, whose ranks keep full batches only)."""
     eff_batch = optim.batch_size * optim.grad_accum * num_processes
     lr = optim.lr if optim.lr is not None else optim.blr * eff_batch / 256
     steps_per_epoch = None
     if train_size is not None:
-        micro = math.ceil(train_size / (optim.batch_size * num_processes))
+        rounding = math.floor if drop_last else math.ceil
+        micro = max(1, rounding(train_size / (optim.batch_size * num_processes)))
         steps_per_epoch = math.ceil(micro / optim.grad_accum)
     if optim.max_steps is not None:
         total = optim.max_steps

@@ -17,8 +17,15 @@ class DataSetup:
     and more when `--crop-scale` is not given."""
 
     def __init__(self, data_args: DataArguments, image_size: int, with_labels: bool, seed: int,
-                 num_labels: int | None = None, default_scale: tuple[float, float] = DEFAULT_CROP_SCALE["pretrain"]):
+                 num_labels: int | None = None, default_scale: tuple[float, float] = DEFAULT_CROP_SCALE["pretrain"],
+                 rank: int = 0, num_processes: int = 1):
         from . import data
+
+        self.mode = data_args.data_mode
+        if self.mode not in ("per-rank", "dispatch"):
+            raise ValueError(f"--data-mode must be per-rank or dispatch, got {self.mode!r}.")
+        split = self.mode == "per-rank" and num_processes > 1
+        self.rank, self.num_processes = (rank, num_processes) if split else (0, 1)
 
         raw = data.load_image_stream(data_args.dataset, data_args.split, data_args.image_column,
                                      data_args.label_column if with_labels else None, token=data_args.token)
@@ -60,11 +67,21 @@ class DataSetup:
                 total -= data_args.val_size
         self.train_size = total
         self.train = data.build_stream(train_raw, train_dec, shuffle=True, seed=seed,
-                                       buffer_size=data_args.shuffle_buffer)
+                                       buffer_size=data_args.shuffle_buffer, rank=self.rank,
+                                       world_size=self.num_processes)
         self.val = data.build_stream(val_raw, eval_dec, shuffle=False) if val_raw is not None else None
         self.val_size = data_args.val_size
 
-    def loader(self, dataset, batch_size: int, num_workers: int):
+    def train_loader(self, accelerator, batch_size: int, num_workers: int):
+        """The training batches on `accelerator.device`: per-rank mode, this rank's own loader in `RankBatches`
+        (full batches only, every rank stopping at the same step); dispatch mode, `accelerator.prepare` of one
+        loader (rank 0 reads, the Accelerator must have `dispatch_batches=True`, as `loop.make_accelerator`'s)."""
+        if self.num_processes > 1:
+            return RankBatches(self.loader(self.train, batch_size, num_workers, drop_last=True), self.train,
+                               accelerator)
+        return accelerator.prepare(self.loader(self.train, batch_size, num_workers))
+
+    def loader(self, dataset, batch_size: int, num_workers: int, drop_last: bool = False):
         from torch.utils.data import DataLoader
 
         from .data import UniformBatches, collate
@@ -75,9 +92,36 @@ class DataSetup:
         generator = torch.Generator().manual_seed(0)
         if workers > 1:  # workers in a nested loader, full batches out (see UniformBatches)
             return DataLoader(UniformBatches(dataset, workers), batch_size=batch_size, collate_fn=collate,
-                              generator=generator)
+                              generator=generator, drop_last=drop_last)
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                          persistent_workers=False, generator=generator)
+                          persistent_workers=False, generator=generator, drop_last=drop_last)
+
+
+class RankBatches:
+    """The per-rank mode's training loader: this rank's batches, moved to the device, ending on every rank at the
+    first step where any rank has none left.
+
+    Before each batch the ranks all-gather a flag "I have a full batch" (one tiny collective per batch, negligible
+    beside DDP's gradient all-reduce); when any flag is 0 every rank stops, so the ranks run the same number of
+    steps whatever their share of the stream (uneven shards, an example count that the world size does not
+    divide), and DDP never waits for a rank that has finished. The loader drops partial batches, so the examples
+    dropped each epoch are the tail of the longer ranks' parts."""
+
+    def __init__(self, loader, dataset, accelerator):
+        self.loader, self.dataset, self.accelerator = loader, dataset, accelerator
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        device = self.accelerator.device
+        iterator = iter(self.loader)
+        while True:
+            batch = next(iterator, None)
+            flag = torch.tensor([0 if batch is None else 1], device=device)
+            if int(self.accelerator.gather(flag).min()) == 0:  # every rank takes part, also one that has none left
+                return
+            yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
 
