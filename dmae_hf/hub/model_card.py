@@ -211,6 +211,17 @@ print(float(outputs.loss), tuple(outputs.logits.shape), tuple(features.shape))
 ```'''
 
 
+def _denoiser_note(name: str, config: DMAEConfig) -> str:
+    if not config.noise_sigma:
+        return ("This model was pre-trained without noise (an MAE), so it cannot serve as a denoiser for denoised "
+                "smoothing.\n")
+    return (f"**As a denoiser** in front of any image classifier (denoised smoothing): "
+            f'`pipeline("certified-image-classification", model="<your classifier>", denoiser="{name}")` or '
+            f"`dmae certify --model <your classifier> --denoiser {name}`. It was trained to remove Gaussian noise of "
+            f"sigma {config.noise_sigma} ([0, 1] pixels), so it serves sigma {config.noise_sigma} only (another sigma "
+            f"is refused), at {config.image_size}x{config.image_size}.\n")
+
+
 def _paper_section(entry) -> str:
     paper = _paper_rows(entry)
     if paper is None:
@@ -298,6 +309,7 @@ def render_model_card(name: str, config: DMAEConfig, results: dict | None = None
         _architecture(entry, config) + "\n",
         "## Usage\n",
         _usage(name, entry) + "\n",
+        _denoiser_note(name, config) if entry.kind == "pretraining" else "",
         "`dmae-*` short names resolve to Hub repositories after `import dmae_hf`; the full repository id works "
         "too, and without dmae-hf installed `trust_remote_code=True` loads the model code stored in the "
         "repository.\n",
