@@ -15,6 +15,7 @@ This file and its flat siblings are what a checkpoint pushed by dmae-hf carries 
 (`custom_pipelines` in its config), so it imports nothing outside them.
 """
 
+import os
 import types
 
 import torch
@@ -118,9 +119,9 @@ class RandomizedSmoothingPipeline(Pipeline):
             self.image_processor = DMAEImageProcessor.for_cifar10()
         self.smoothed = SmoothedClassifier(self.model, sigma=sigma, image_processor=self.image_processor,
                                            denoiser=denoiser).to(self.device)
-        self.denoiser_name = None if denoiser is None else (
-            denoiser if isinstance(denoiser, str) else str(getattr(self.smoothed.denoiser, "name_or_path", "")) or
-            type(denoiser).__name__)
+        self.denoiser_name = None if denoiser is None else (  # the result's "denoiser": its path, id or name
+            str(denoiser) if isinstance(denoiser, (str, os.PathLike)) else
+            str(self.smoothed.denoiser.name_or_path or type(denoiser).__name__))
         self.smoothed.eval()
         self._resize_logged = False
 

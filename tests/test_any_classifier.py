@@ -3,6 +3,7 @@ optionally behind a DMAE denoiser: `SmoothedClassifier`, the pipeline and the CL
 
 import json
 
+import datasets
 import pytest
 import torch
 from scipy.stats import binomtest
@@ -160,8 +161,9 @@ def test_dmae_classifiers_keep_their_sigma_and_their_certificates(tmp_path, cifa
 
 
 @pytest.mark.timeout(120)
-def test_cli_certifies_and_predicts_any_classifier(saved, data_dir, tmp_path, capsys):
-    path, model, processor = saved["vit"]
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_cli_certifies_and_predicts_any_classifier(name, saved, data_dir, tmp_path, capsys):
+    path, model, processor = saved[name]
     out = tmp_path / "vit.tsv"
     args = ["certify", "--model", str(path), "--sigma", "0.25", "--dataset", str(data_dir / "cifar10"), "--split",
             "test", "--max", "3", "--image-column", "img", "--n0", "10", "--n", "100", "--alpha", "0.01", "--batch",
@@ -170,8 +172,6 @@ def test_cli_certifies_and_predicts_any_classifier(saved, data_dir, tmp_path, ca
     rows = read_rows(out)
     assert sorted(rows) == [0, 1, 2]
     f = hand_built_f(model, processor)
-    import datasets
-
     examples = list(datasets.load_dataset(str(data_dir / "cifar10"), split="test", streaming=True).take(3))
     for idx, example in enumerate(examples):
         x = torch.from_numpy(processor(example["img"], do_normalize=False, return_tensors="np")["pixel_values"][0])
