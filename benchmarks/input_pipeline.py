@@ -4,13 +4,20 @@
 rank 0's share of the decoding, in the two data modes (`--data-mode`, see dmae_hf.training.data).
 
 The 20 real ImageNet photos of `imagenet-sample` are repeated to `--images` examples and written as a local
-Hub-layout parquet folder of `--shards` shards. Each configuration reads the training stream exactly as
-`examples/pretrain.py` does (`build_stream`: shuffle buffer, this rank's part, decode on `--workers` DataLoader
-workers to `--decode-size`, `collate` to uint8 batches):
+Hub-layout parquet folder of `--shards` shards. Each configuration starts its processes together as a gloo process
+group (forked, with torchrun's environment variables, on CPU) and builds the training batches exactly as
+`examples/pretrain.py` does: `loop.make_accelerator` (`dispatch_batches=True`), `streams.DataSetup` (shuffle
+buffer, `build_stream`, `ImageDecoder` to `--decode-size` on `--workers` DataLoader workers, `collate` to uint8
+batches) and `DataSetup.train_loader`, iterated through `rng_neutral` on every rank:
 
-- baseline: 1 process (this is also `dispatch` with any number of processes: rank 0 decodes every image);
-- per-rank, P processes: P processes started together, each reading and decoding its own part
-  (`build_stream(rank=r, world_size=P)`); throughput = all images / the slowest process's time.
+- baseline: 1 process (both modes are the same there);
+- per-rank, P processes: each rank reads and decodes its own part (`RankBatches`, full batches only);
+- dispatch, P processes: `accelerator.prepare(loader)`, rank 0 reads and decodes every global batch and
+  Accelerate splits it over the ranks.
+
+Throughput = images delivered to all ranks' training loops / the slowest rank's time (from a common start to its
+last batch). Who decodes is counted in the decoder: every `ImageDecoder` call of the run appends one byte to its
+rank's tally file, from whichever DataLoader worker runs it (the setup's validation decodes are not counted).
 
     python benchmarks/input_pipeline.py --images 2000 --processes 1 2
 
@@ -21,6 +28,7 @@ per-rank scales only as far as there are free cores.
 import argparse
 import multiprocessing as mp
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -41,37 +49,78 @@ def write_repeated(src: str, out: str, images: int, shards: int) -> None:
             os.path.join(out, "data", f"train-{k:05d}-of-{shards:05d}.parquet"))
 
 
-def read_part(folder: str, rank: int, world_size: int, workers: int, decode_size: int, batch: int, start, queue):
-    """One process: read and decode this rank's part; report (rank, images decoded, seconds)."""
+def counting_decoder(tally: str):
+    """`data.ImageDecoder` that appends one byte to the file `tally` per decoded example (O_APPEND: safe from
+    several DataLoader workers; a path, unlike a shared counter, survives the dataset being pickled or copied)."""
+    from dmae_hf.training import data
+
+    class CountingDecoder(data.ImageDecoder):
+        def __call__(self, example: dict) -> dict:
+            fd = os.open(tally, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                os.write(fd, b".")
+            finally:
+                os.close(fd)
+            return super().__call__(example)
+
+    return CountingDecoder
+
+
+def run_rank(folder: str, mode: str, rank: int, world_size: int, port: int, args, tally: str, start, queue):
+    """One process of the group: build the training loader as pre-training does, iterate it; report (rank, images
+    delivered to this rank, seconds)."""
+    os.environ.update(ACCELERATE_USE_CPU="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size))
     import torch
 
     torch.set_num_threads(1)
-    from dmae_hf.training import data
+    from dmae_hf.training import data, loop, streams
+    from dmae_hf.training.arguments import DataArguments, OptimizationArguments, RunArguments
 
-    raw = data.load_image_stream(folder, "train", label_column=None)
-    stream = data.build_stream(raw, data.ImageDecoder(decode_size, decode_size), shuffle=True, seed=0,
-                               buffer_size=256, rank=rank, world_size=world_size)
-    loader = torch.utils.data.DataLoader(stream, batch_size=batch, num_workers=workers, collate_fn=data.collate)
+    data.ImageDecoder = counting_decoder(tally)  # DataSetup builds its decoders through the module attribute
+    accelerator = loop.make_accelerator(OptimizationArguments(batch_size=args.batch, grad_accum=1),
+                                        RunArguments(output_dir=os.path.join(os.path.dirname(tally), "run"),
+                                                     cpu=True))
+    setup = streams.DataSetup(DataArguments(dataset=folder, decode_size=args.decode_size, shuffle_buffer=256,
+                                            num_workers=args.workers, data_mode=mode),
+                              image_size=224, with_labels=False, seed=0, rank=accelerator.process_index,
+                              num_processes=accelerator.num_processes)
+    loader = setup.train_loader(accelerator, args.batch, args.workers)
+    streams.set_epoch(loader, setup.train, 0)
+    open(tally, "wb").close()  # count from here: the setup's validation decodes are not the benchmark's
     start.wait()
     t0, count = time.perf_counter(), 0
-    for b in loader:
-        count += b["pixel_values"].shape[0]
-    queue.put((rank, count, time.perf_counter() - t0))
+    for batch in streams.rng_neutral(loader):
+        count += batch["pixel_values"].shape[0]
+    seconds = time.perf_counter() - t0
+    accelerator.wait_for_everyone()
+    queue.put((rank, count, seconds))
+    accelerator.end_training()
 
 
-def measure(folder: str, processes: int, args) -> dict:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(folder: str, mode: str, processes: int, args, tmp: str) -> dict:
     ctx = mp.get_context("fork")
-    start, queue = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=read_part, args=(folder, r, processes, args.workers, args.decode_size, args.batch,
-                                                 start, queue)) for r in range(processes)]
+    start, queue, port = ctx.Barrier(processes), ctx.Queue(), free_port()
+    tallies = [os.path.join(tmp, f"{mode}-{processes}", f"rank{r}.tally") for r in range(processes)]
+    os.makedirs(os.path.dirname(tallies[0]))
+    procs = [ctx.Process(target=run_rank, args=(folder, mode, r, processes, port, args, tallies[r], start, queue))
+             for r in range(processes)]
     for p in procs:
         p.start()
     results = sorted(queue.get() for _ in procs)
     for p in procs:
         p.join()
-    total, wall = sum(r[1] for r in results), max(r[2] for r in results)
-    return {"processes": processes, "images": total, "seconds": wall, "rate": total / wall,
-            "rank0_share": results[0][1] / total}
+        if p.exitcode:
+            raise RuntimeError(f"{mode} with {processes} processes: a rank exited with status {p.exitcode}.")
+    decoded = [os.path.getsize(t) for t in tallies]
+    images, wall = sum(r[1] for r in results), max(r[2] for r in results)
+    return {"images": images, "seconds": wall, "rate": images / wall, "decoded": decoded}
 
 
 def main(argv=None) -> int:
@@ -80,25 +129,30 @@ def main(argv=None) -> int:
                         help="folder holding imagenet-sample/")
     parser.add_argument("--images", type=int, default=2000, help="examples: the 20 photos repeated")
     parser.add_argument("--shards", type=int, default=8, help="parquet shards of the repeated set")
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="per-rank process counts")
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers per process")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2],
+                        help="process counts; each count above 1 is run in both modes, 1 is the baseline")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers per process (--num-workers)")
     parser.add_argument("--decode-size", type=int, default=256, help="resize shortest edge + center crop")
-    parser.add_argument("--batch", type=int, default=64, help="batch size of the collate")
+    parser.add_argument("--batch", type=int, default=64, help="batch size per process (--batch-size)")
     args = parser.parse_args(argv)
+    if any(p < 1 for p in args.processes):
+        raise ValueError(f"--processes must be positive counts, got {args.processes}.")
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "repeated")
         write_repeated(os.path.join(args.data_dir, "imagenet-sample"), folder, args.images, args.shards)
-        rows = [("baseline / dispatch (rank 0 decodes all)", measure(folder, 1, args))]
-        rows += [(f"per-rank, {p} processes", measure(folder, p, args)) for p in args.processes if p > 1]
+        rows = [("baseline: 1 process", measure(folder, "per-rank", 1, args, tmp))]
+        for p in sorted({p for p in args.processes if p > 1}):
+            rows += [(f"{mode}, {p} processes", measure(folder, mode, p, args, tmp))
+                     for mode in ("per-rank", "dispatch")]
     base = rows[0][1]["rate"]
-    print(f"{args.images} images ({args.shards} shards), decode {args.decode_size}px, {args.workers} worker(s) per "
-          f"process, {os.cpu_count()} CPUs")
-    print("| mode | images/s | x baseline | rank 0 decodes |\n|---|---|---|---|")
+    print(f"{args.images} images ({args.shards} shards), decode {args.decode_size}px, batch {args.batch} per "
+          f"process, {args.workers} worker(s) per process, {os.cpu_count()} CPUs")
+    print("| mode | images delivered | seconds | images/s | x baseline | decoded per rank | rank 0 decodes |\n"
+          "|---|---|---|---|---|---|---|")
     for name, r in rows:
-        print(f"| {name} | {r['rate']:.0f} | {r['rate'] / base:.2f} | {100 * r['rank0_share']:.0f}% |")
-    for p in args.processes:
-        if p > 1:
-            print(f"| dispatch, {p} processes | {base:.0f} (rank 0's rate) | 1.00 | 100% |")
+        share = r["decoded"][0] / sum(r["decoded"])
+        print(f"| {name} | {r['images']} | {r['seconds']:.1f} | {r['rate']:.0f} | {r['rate'] / base:.2f} | "
+              f"{' + '.join(map(str, r['decoded']))} | {100 * share:.0f}% |")
     return 0
 
 
