@@ -20,10 +20,11 @@ Sharding across processes (`--data-mode`):
   the excess shards' worth with uneven shard sizes). The decoding throughput grows with the number of processes.
 - `dispatch`: the stream goes to `accelerator.prepare(DataLoader(...))` with `dispatch_batches=True`: rank 0 reads
   and decodes everything (its workers split the shards) and splits each global batch over the ranks. Every example
-  is seen exactly once per epoch (the last global batch is padded with the epoch's first examples), at the cost of
-  rank 0 decoding for every GPU. Use it when the stream cannot be split evenly (fewer examples than ranks x batch,
-  or a single unsplittable source read by one process) or to check the per-rank mode against it. Validation
-  loaders always use it (small, and `gather_for_metrics` drops the padding). We never call `split_dataset_by_node`:
+  is seen once per epoch (a last global batch that does not split evenly over the ranks is padded with the epoch's
+  first examples), at the cost of rank 0 decoding for every GPU. Use it when the stream cannot be split evenly
+  (fewer examples than ranks x batch, or a single unsplittable source read by one process) or to check the
+  per-rank mode against it. Validation loaders always use it (small, and `gather_for_metrics` drops the padding).
+  We never call `split_dataset_by_node`:
   its example-level split applies after the map, i.e. every rank would still decode every example, and combined
   with `prepare` it shards twice.
 
