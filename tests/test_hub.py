@@ -31,7 +31,7 @@ CLASSIFIER = "dmae-vit-base-sigma0.25"
 # ------------------------------------------------------------------------------------------------------ short names
 def test_table_covers_the_released_models():
     names = set(hub_names.SHORT_NAMES)
-    expected = {"dmae-vit-base", "dmae-vit-large", "dmae-tiny-cifar10"}
+    expected = {"dmae-vit-base", "dmae-vit-large", "dmae-tiny-cifar10", "dmae-tiny-cifar10-denoiser"}
     expected |= {f"dmae-vit-{a}-sigma{s}" for a in ("base", "large") for s in (0.25, 0.5, 1.0)}
     expected |= {f"dmae-vit-base-cifar10-sigma{s}" for s in (0.25, 0.5, 1.0)}
     assert names == expected

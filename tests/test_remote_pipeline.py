@@ -67,5 +67,7 @@ def test_pushed_classifier_certifies_through_remote_code_without_the_package(tmp
         certifier = pipeline("certified-image-classification", model=REPO, device="cpu")
         assert type(certifier) is dmae_hf.RandomizedSmoothingPipeline
         local = certifier(str(image), **CALL)
+        trusted = pipeline("certified-image-classification", model=REPO, device="cpu", trust_remote_code=True)
+        assert type(trusted) is dmae_hf.RandomizedSmoothingPipeline  # installed: still the registered one
     assert remote == local
     assert local["abstained"] is False  # the comparison covers a certificate with a radius

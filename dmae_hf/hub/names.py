@@ -2,8 +2,8 @@
 """Short names of the released DMAE checkpoints and their resolution to Hub repository ids.
 
 `DMAEForPreTraining.from_pretrained("dmae-vit-base")` loads `f"{namespace}/dmae-vit-base"`, where the namespace is
-`$DMAE_HF_NAMESPACE` (default `"dmae-hf"`), read at each resolution. `dmae-tiny-cifar10` resolves to the copy shipped
-inside the package when there is one.
+`$DMAE_HF_NAMESPACE` (default `"dmae-hf"`), read at each resolution. `dmae-tiny-cifar10` and
+`dmae-tiny-cifar10-denoiser` resolve to the copies shipped inside the package when they are there.
 
 How: `import dmae_hf` calls `install_short_name_hook()`, which wraps `transformers.utils.hub.cached_files`, the one
 function through which transformers fetches every file of a model repository (configs, weights, processor configs,
@@ -87,6 +87,11 @@ def _table() -> dict[str, ReleasedModel]:
                     f"{tiny['num_attention_heads']} heads, patch {tiny['patch_size']}, native "
                     f"{tiny['image_size']}x{tiny['image_size']} input) pre-trained and fine-tuned on CIFAR-10 by this "
                     "project, small enough to ship inside the package for offline demos and tests."))
+    models.append(ReleasedModel(
+        "dmae-tiny-cifar10-denoiser", "pretraining", "tiny-cifar10", "cifar10", from_official=False,
+        description="A tiny DMAE of the same shape pre-trained on CIFAR-10 at sigma 0.25 by this project, then "
+                    "fine-tuned as a denoiser (mask ratio 0, loss on the pixels): the plug-in denoiser of denoised "
+                    "smoothing in front of any 32x32 classifier, shipped inside the package."))
     return {m.name: m for m in models}
 
 
@@ -209,7 +214,8 @@ def resolve(name_or_path):
     """Map a short name to what transformers should load; return anything else unchanged.
 
     - an existing local path, a repo id with a namespace, or a name not starting with "dmae-": unchanged;
-    - a known short name: its packaged directory (only `dmae-tiny-cifar10` has one) or `f"{namespace()}/{name}"`;
+    - a known short name: its packaged directory (`dmae-tiny-cifar10`, `dmae-tiny-cifar10-denoiser`) or
+      `f"{namespace()}/{name}"`;
     - any other "dmae-..." name without "/": `UnknownShortNameError` (a `ValueError`) listing the known names.
     """
     if isinstance(name_or_path, os.PathLike):
