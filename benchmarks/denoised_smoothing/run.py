@@ -7,13 +7,12 @@ Certifies, on the first `--images` CIFAR-10 test images with n0 = 100 and n = 10
   (b) clean-vit+denoiser: the same ViT behind a DMAE denoiser (`DMAEForPreTraining.denoise`);
   (c) dmae-tiny-cifar10:  the shipped DMAE classifier (same ViT shape, DMAE pre-training + noisy fine-tuning).
 
-The denoiser is chosen first, on 500 *other* test images (indices 5000-5499, so the choice does not see the
-certified images), among the candidates given with `--denoiser NAME=PATH`, by the clean ViT's accuracy on one
-denoised noisy copy of each image (PSNR reported too). Every stage resumes: the logs are `dmae certify` logs.
+First it trains, in `--work`, what is not there yet (`TRAINING` below: the clean ViT, a DMAE pre-training at sigma
+0.25, and that DMAE fine-tuned as a denoiser). The denoiser is then chosen on 500 *other* test images (indices
+5000-5499, so the choice does not see the certified images) among the two candidates, by the clean ViT's accuracy on
+one denoised noisy copy of each image (PSNR reported too). Every stage resumes: the logs are `dmae certify` logs.
 
-    python benchmarks/denoised_smoothing/run.py --classifier runs/denoised/vit-clean \\
-        --denoiser stats=runs/denoised/pretrain-dmae/final --denoiser pixels=runs/denoised/denoiser-pixels/final \\
-        --out runs/denoised/benchmark
+    python benchmarks/denoised_smoothing/run.py --work runs/denoised --images 250 --method adaptive --autocast bf16
 """
 
 import argparse
@@ -30,6 +29,39 @@ RADII = (0.0, 0.25, 0.5, 0.75)
 DENOISER = "dmae-tiny-cifar10-denoiser"  # the short name of the shipped denoiser
 CLEAN_VIT = "vit-tiny-cifar10-clean"  # the shipped clean classifier (a plain transformers checkpoint)
 SHIPPED_FILES = ["model.safetensors", "config.json", "preprocessor_config.json"]
+# The tiny DMAE's shape and the data, as in benchmarks/reproduction (pre-training 1000 steps of batch 128).
+DMAE_ARGS = ("--preset tiny --hidden-size 96 --depth 4 --heads 3 --patch-size 4 --image-size 32 "
+             "--decoder-hidden-size 64 --decoder-depth 2 --decoder-heads 4 --normalization cifar10 --dataset {data} "
+             "--image-column img --val-size 5000 --num-workers 1 --cpu --seed 0 --batch-size 128 --grad-accum 1 --save-every 200 "
+             "--no-crop --recon-every 0 --sigma 0.25").split()
+
+
+def training(work: str, data: str) -> dict[str, tuple[str, list[str]]]:
+    """{name: (output folder, command)} of the three trainings, run from the repository root."""
+    common = [a.format(data=data) for a in DMAE_ARGS]
+    return {
+        "vit-clean": (f"{work}/vit-clean", ["benchmarks/denoised_smoothing/train_classifier.py", "--out",
+                                            f"{work}/vit-clean", "--steps", "4000"]),
+        "pretrain-dmae": (f"{work}/pretrain-dmae/final", ["examples/pretrain.py", *common, "--max-steps", "1000",
+                                                          "--lr", "1e-3", "--warmup-steps", "83", "--output-dir",
+                                                          f"{work}/pretrain-dmae"]),
+        "denoiser-pixels": (f"{work}/denoiser-pixels/final", [
+            "examples/pretrain.py", *common, "--max-steps", "500", "--lr", "5e-4", "--warmup-steps", "25",
+            "--mask-ratio", "0", "--no-norm-pix-loss", "--init-from", f"{work}/pretrain-dmae/final", "--output-dir",
+            f"{work}/denoiser-pixels"]),
+    }
+
+
+def train(args) -> dict[str, list[str]]:
+    """Run the trainings whose output is missing (`--resume`: a killed one continues); return the commands."""
+    commands = {}
+    for name, (output, cmd) in training(args.work, os.path.dirname(args.dataset)).items():
+        commands[name] = [sys.executable, *cmd]
+        if not os.path.isfile(os.path.join(output, "config.json")):
+            print("+", show(commands[name]), flush=True)
+            extra = ["--resume"] if cmd[0] == "examples/pretrain.py" else []
+            subprocess.run([*commands[name], *extra], check=True, cwd=REPO)
+    return commands
 
 
 def data_root() -> str:
@@ -203,10 +235,12 @@ def report(args, out: Path, logs: dict, commands: dict, choice: dict) -> str:
         lines.append(f"| {name}{mark} | {row['psnr_db']:.2f} | {100 * row['vit_accuracy']:.1f} |")
     if args.autocast:
         lines += ["", autocast_agreement(args, out)]
-    lines += ["", "Certification time (s, sum of the per-image times in each log, 2 CPU cores) and the mean number "
-              "of samples drawn per image:", ""]
+    lines += ["", "Certification time (s, sum of the per-image times in each log, on 2 CPU cores that other jobs "
+              "shared during parts of the runs) and the mean number of samples drawn per image:", ""]
     lines += [f"- {name}: {seconds[name]:.0f} ({seconds[name] / args.images:.2f} per image), "
               f"{read_log(p)['samples'].mean():,.0f} samples per image" for name, p in logs.items()]
+    lines += ["", "The trainings (from the repository root; `run.py` runs those whose output is missing):", "",
+              "```bash", *(show(cmd) for cmd in args.training.values()), "```"]
     lines += ["", "The certification commands:", "", "```bash"]
     lines += [show(cmd) for cmd in commands.values()]
     lines += ["```", ""]
@@ -253,10 +287,12 @@ def ship(args, results, choice, commands) -> list[str]:
     row = rows["clean-vit+denoiser"]
     card_results = {"radii": results["radii"], "envelope": None, "rows": [
         {**row, "name": f"in front of {CLEAN_VIT}, CIFAR-10 test, first {args.images} images, n={args.n:,}"}]}
+    trained = "\n".join(["```bash", *(show(args.training[k]) for k in ("pretrain-dmae", "denoiser-pixels")), "```"])
     provenance = (f"`{choice['chosen']}` of `benchmarks/denoised_smoothing/README.md`: trained by the dmae-hf project "
-                  "with `examples/pretrain.py` on the CIFAR-10 train split (its first 5,000 images held out), on 2 "
-                  "CPU cores, and chosen on test images 5000-5499 (not the certified ones). The certified "
-                  "accuracies above are those of the clean ViT behind it, from:\n\n" + how)
+                  "on the CIFAR-10 train split (its first 5,000 images held out) on 2 CPU cores, a DMAE pre-training "
+                  "at sigma 0.25 and then a fine-tuning as a denoiser, and chosen on test images 5000-5499 (not the "
+                  "certified ones):\n\n" + trained + "\n\nThe certified accuracies above are those of the clean ViT "
+                  "behind it, from:\n\n" + how)
     target = REPO / "dmae_hf" / "checkpoints" / DENOISER
     card = render_model_card(DENOISER, DMAEConfig.from_pretrained(target), results=card_results,
                              provenance=provenance, from_official=False)
@@ -287,12 +323,10 @@ def ship(args, results, choice, commands) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--classifier", required=True, help="the clean ViT (train_classifier.py --out)")
-    parser.add_argument("--denoiser", action="append", required=True, metavar="NAME=PATH",
-                        type=lambda s: tuple(s.split("=", 1)), help="a candidate denoiser (repeatable)")
+    parser.add_argument("--work", default="runs/denoised", help="folder of the trainings and the logs (from the "
+                        "repository root)")
     parser.add_argument("--dmae-classifier", default="dmae-tiny-cifar10", help="the DMAE classifier of row (c)")
     parser.add_argument("--dataset", default=data_root(), help="CIFAR-10 in Hub layout")
-    parser.add_argument("--out", required=True, help="folder for the logs")
     parser.add_argument("--images", type=int, default=500, help="first test images certified")
     parser.add_argument("--n0", type=int, default=100, help="selection samples")
     parser.add_argument("--n", type=int, default=10_000, help="estimation samples")
@@ -309,10 +343,12 @@ def main(argv=None) -> int:
                         help=f"when the denoiser helps, ship it ({DENOISER}) and the clean ViT ({CLEAN_VIT}) in "
                              "dmae_hf/checkpoints/ with cards")
     args = parser.parse_args(argv)
-    if any(len(d) != 2 for d in args.denoiser):
-        parser.error("--denoiser takes NAME=PATH")
-    out = Path(args.out)
+    args.classifier = f"{args.work}/vit-clean"
+    args.denoiser = [("stats", f"{args.work}/pretrain-dmae/final"), ("pixels", f"{args.work}/denoiser-pixels/final")]
+    out = Path(args.work) / "benchmark"
     out.mkdir(parents=True, exist_ok=True)
+    args.training = train(args) if not args.report_only else {
+        name: [sys.executable, *cmd] for name, (_, cmd) in training(args.work, os.path.dirname(args.dataset)).items()}
     runs = {"dmae-tiny-cifar10": lambda: ["--model", args.dmae_classifier],
             "clean-vit": lambda: ["--model", args.classifier, "--sigma", str(args.sigma)],
             "clean-vit+denoiser": lambda: ["--model", args.classifier, "--denoiser", choice["checkpoint"]]}

@@ -167,15 +167,17 @@ def _architecture(entry, config: DMAEConfig) -> str:
     else:
         rows.append(("Decoder", f"width {config.decoder_hidden_size}, {config.decoder_num_hidden_layers} blocks, "
                                 f"{config.decoder_num_attention_heads} heads"))
+        loss = "normalised-pixel loss" if config.norm_pix_loss else "pixel loss (mean/std-normalised image)"
+        patches = "all patches" if config.loss_on_all_patches else "the masked patches"
         rows.append(("Pre-training", f"Gaussian noise sigma {config.noise_sigma}, mask ratio {config.mask_ratio}, "
-                                    "normalised-pixel loss on all patches"))
+                                    f"{loss} on {patches}"))
     stats = "CIFAR-10" if list(config.image_std) == list(CIFAR10_STD) else "ImageNet"
     rows.append(("Input", f"RGB pixels in [0, 1]; the model resizes to {size}x{size} (bicubic) and normalises with "
                           f"the {stats} mean/std itself, so noise is added in [0, 1] pixel space"))
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-def _usage(name: str, entry) -> str:
+def _usage(name: str, entry, config: DMAEConfig) -> str:
     if entry.kind == "classifier":
         n = 100_000 if entry.dataset == "cifar10" else 10_000
         return f'''```python
@@ -194,6 +196,8 @@ if certificate.prediction is None:
 else:
     print(model.config.id2label[certificate.prediction], "certified L2 radius", round(certificate.radius, 3))
 ```'''
+    masking = (f"masks {config.mask_ratio:.0%} of the patches" if config.mask_ratio else
+               "keeps every patch (mask ratio 0)")
     return f'''```python
 import torch
 from PIL import Image
@@ -205,7 +209,7 @@ processor = AutoImageProcessor.from_pretrained("{name}")
 model = AutoModelForPreTraining.from_pretrained("{name}").eval()
 pixel_values = processor(Image.open("image.jpg"), return_tensors="pt").pixel_values  # [0, 1], not normalised
 with torch.no_grad():
-    outputs = model(pixel_values)  # adds N(0, sigma^2) noise, masks 75% of the patches, reconstructs the clean image
+    outputs = model(pixel_values)  # adds N(0, sigma^2) noise, {masking}, reconstructs the clean image
     features = model.dmae(pixel_values).last_hidden_state  # encoder features of the clean image, all patches
 print(float(outputs.loss), tuple(outputs.logits.shape), tuple(features.shape))
 ```'''
@@ -308,7 +312,7 @@ def render_model_card(name: str, config: DMAEConfig, results: dict | None = None
         "## Model details\n",
         _architecture(entry, config) + "\n",
         "## Usage\n",
-        _usage(name, entry) + "\n",
+        _usage(name, entry, config) + "\n",
         _denoiser_note(name, config) if entry.kind == "pretraining" else "",
         "`dmae-*` short names resolve to Hub repositories after `import dmae_hf`; the full repository id works "
         "too, and without dmae-hf installed `trust_remote_code=True` loads the model code stored in the "
