@@ -54,11 +54,12 @@ def load_denoiser(denoiser, **kwargs) -> DMAEForPreTraining:
         name = str(denoiser)
         fix = ("A denoiser needs the decoder: pass a DMAEForPreTraining checkpoint (examples/pretrain.py), not a "
                "fine-tuned classifier.")
-        architectures = DMAEConfig.from_pretrained(name, **kwargs).architectures or []
+        config = DMAEConfig.from_pretrained(name, **kwargs)
+        architectures = config.architectures or []
         if architectures and "DMAEForPreTraining" not in architectures:
             raise ValueError(f"{name!r} is not a DMAE pre-training checkpoint (it holds {', '.join(architectures)}). "
                              + fix)
-        model, info = DMAEForPreTraining.from_pretrained(name, output_loading_info=True, **kwargs)
+        model, info = DMAEForPreTraining.from_pretrained(name, config=config, output_loading_info=True, **kwargs)
         missing = sorted(info["missing_keys"])
         if missing:
             raise ValueError(f"{name!r} is not a DMAE pre-training checkpoint: it lacks {len(missing)} weights "
@@ -150,10 +151,6 @@ class SmoothedClassifier(nn.Module):
         self.scale = scale
         self.register_buffer("image_mean", None if mean is None else torch.tensor(mean).view(1, -1, 1, 1), False)
         self.register_buffer("image_std", None if std is None else torch.tensor(std).view(1, -1, 1, 1), False)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def forward(self, noisy_pixel_values: torch.Tensor) -> torch.Tensor:
         """f: (N, K) logits of a batch of noisy [0, 1] images (denoised first when there is a denoiser)."""

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     augment = DeviceAugment(data.augment_size, scale=data.crop_scale, hflip=True, randaug_n=args.randaug,
                             randaug_m=args.randaug_m, erase_prob=args.reprob).to(accelerator.device)
     mixer = MixupCutmix(data.num_classes, args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob)
-    schedule = schedule_lengths(optim, accelerator.num_processes, data.train_size, drop_last=data.num_processes > 1)
+    schedule = schedule_lengths(optim, accelerator.num_processes, data.train_size, drop_last=data.drop_last)
 
     groups = param_groups_layer_decay(model, optim.weight_decay, args.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.999))

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     data = DataSetup(common.data, config.image_size, with_labels=False, seed=optim.seed,
                      rank=accelerator.process_index, num_processes=accelerator.num_processes)
     augment = DeviceAugment(data.augment_size, scale=data.crop_scale, hflip=True).to(accelerator.device)
-    schedule = schedule_lengths(optim, accelerator.num_processes, data.train_size, drop_last=data.num_processes > 1)
+    schedule = schedule_lengths(optim, accelerator.num_processes, data.train_size, drop_last=data.drop_last)
 
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, optim.weight_decay), lr=schedule.lr,
                                   betas=(0.9, 0.95))

@@ -20,7 +20,7 @@ from transformers import (
     pipeline,
 )
 
-from dmae_hf import DMAEConfig, DMAEForPreTraining, SmoothedClassifier, smoothing
+from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEImageProcessor, SmoothedClassifier, smoothing
 from dmae_hf.certification.dataset import image_seed, read_rows
 from dmae_hf.cli import main
 
@@ -124,7 +124,7 @@ def test_torch_module_route(cifar10_test_images):
     module[1].weight.data.normal_(0, 0.2)
     smoothed = SmoothedClassifier(module, sigma=0.25, image_mean=MEAN, image_std=STD)
     images, _ = cifar10_test_images
-    x = torch.tensor(list(images[1].getdata()), dtype=torch.float32).T.reshape(3, 32, 32) / 255
+    x = DMAEImageProcessor.for_cifar10()(images[1], return_tensors="pt").pixel_values[0]
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     expected = smoothing.certify(lambda z: module((z - mean) / std), x, 0.25, n0=10, n=100, alpha=0.01, seed=1)
     got = smoothed.certify(x, n0=10, n=100, alpha=0.01, seed=1)
@@ -204,8 +204,7 @@ def test_denoise_undoes_the_decoders_pixel_scale(cifar10_test_images):
     `norm_pix_loss=False`; from the noisy patch's mean and variance (less the noise's) for `norm_pix_loss=True`,
     with a much smaller error than the noisy image's and than the same restoration without the variance correction."""
     images, _ = cifar10_test_images
-    clean = torch.stack([torch.tensor(list(im.getdata()), dtype=torch.float32).T.reshape(3, 32, 32) / 255
-                         for im in images[:8]])
+    clean = DMAEImageProcessor.for_cifar10()(images[:8], return_tensors="pt").pixel_values
     noisy = smoothing.add_gaussian_noise(clean, 0.25, torch.Generator().manual_seed(0))
     for norm_pix_loss in (False, True):
         model = build_denoiser(norm_pix_loss=norm_pix_loss)

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
 import dmae_hf  # noqa: F401  (registers the short names)
-from dmae_hf import DMAEForPreTraining, SmoothedClassifier, smoothing
+from dmae_hf import DMAEForPreTraining, DMAEImageProcessor, SmoothedClassifier, smoothing
 from dmae_hf.hub.names import packaged_path
 
 DENOISER, CLEAN_VIT = "dmae-tiny-cifar10-denoiser", "vit-tiny-cifar10-clean"
@@ -24,8 +24,7 @@ DENOISER, CLEAN_VIT = "dmae-tiny-cifar10-denoiser", "vit-tiny-cifar10-clean"
 @pytest.fixture(scope="module")
 def images(data_dir):
     rows = list(datasets.load_dataset(str(data_dir / "cifar10"), split="test", streaming=True).take(200))
-    clean = torch.stack([torch.tensor(list(r["img"].convert("RGB").getdata()), dtype=torch.float32).T.reshape(
-        3, 32, 32) / 255 for r in rows])
+    clean = DMAEImageProcessor.for_cifar10()([r["img"] for r in rows], return_tensors="pt").pixel_values
     return clean, torch.tensor([r["label"] for r in rows])
 
 

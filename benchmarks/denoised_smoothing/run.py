@@ -70,13 +70,14 @@ def data_root() -> str:
 
 def load_test_images(root: str, start: int, count: int):
     """CIFAR-10 test images [start, start + count) as a float (N, 3, 32, 32) tensor in [0, 1], and their labels."""
-    import numpy as np
     import torch
     from datasets import load_dataset
 
+    from dmae_hf import DMAEImageProcessor
+
     ds = load_dataset(root, split="test").select(range(start, start + count))
-    images = np.stack([np.asarray(image.convert("RGB")) for image in ds["img"]])
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, torch.tensor(ds["label"])
+    images = DMAEImageProcessor.for_cifar10()(list(ds["img"]), return_tensors="pt").pixel_values
+    return images, torch.tensor(ds["label"])
 
 
 def choose_denoiser(args, out: Path) -> dict:
@@ -150,13 +151,10 @@ def autocast_agreement(args, out: Path) -> str:
     from dmae_hf.certification.analysis import read_log
 
     logs = {}
-    for dtype in ("fp32", "bf16"):
-        log = out / f"agreement-{dtype}.tsv"
-        cmd = [sys.executable, "-m", "dmae_hf", "certify", "--model", args.dmae_classifier, "--dataset", args.dataset,
-               "--max", "20", "--image-column", "img", "--n0", "100", "--n", "1000", "--seed", "0", "--no-progress",
-               "--out", str(log)] + (["--autocast", "bf16"] if dtype == "bf16" else [])
-        if not (log.exists() and len(log.read_text().splitlines()) > 20):
-            subprocess.run(cmd, check=True)
+    for dtype, autocast in (("fp32", None), ("bf16", "bf16")):
+        check = argparse.Namespace(**{**vars(args), "images": 20, "n0": 100, "n": 1000, "method": "cohen",
+                                      "autocast": autocast})
+        log, _ = certify(out, f"agreement-{dtype}", ["--model", args.dmae_classifier], check)
         logs[dtype] = read_log(log)
     same = int((logs["fp32"]["predict"] == logs["bf16"]["predict"]).sum())
     gap = float(abs(logs["fp32"]["radius"] - logs["bf16"]["radius"]).max())

@@ -26,6 +26,7 @@ class DataSetup:
             raise ValueError(f"--data-mode must be per-rank or dispatch, got {self.mode!r}.")
         split = self.mode == "per-rank" and num_processes > 1
         self.rank, self.num_processes = (rank, num_processes) if split else (0, 1)
+        self.drop_last = split  # per-rank ranks keep full batches only (the schedule counts floor(size / batch))
 
         raw = data.load_image_stream(data_args.dataset, data_args.split, data_args.image_column,
                                      data_args.label_column if with_labels else None, token=data_args.token)
@@ -76,7 +77,7 @@ class DataSetup:
         """The training batches on `accelerator.device`: per-rank mode, this rank's own loader in `RankBatches`
         (full batches only, every rank stopping at the same step); dispatch mode, `accelerator.prepare` of one
         loader (rank 0 reads, the Accelerator must have `dispatch_batches=True`, as `loop.make_accelerator`'s)."""
-        if self.num_processes > 1:
+        if self.drop_last:
             return RankBatches(self.loader(self.train, batch_size, num_workers, drop_last=True), self.train,
                                accelerator)
         return accelerator.prepare(self.loader(self.train, batch_size, num_workers))
