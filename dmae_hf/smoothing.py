@@ -56,6 +56,7 @@ class Certificate:
     elapsed: float
     method: str = "cohen"
     num_samples: int = 0
+    sigma_override: bool = False  # certified at a sigma other than the one the model was trained for (on purpose)
 
     @property
     def abstained(self) -> bool:
@@ -77,6 +78,7 @@ class Prediction:
     sigma: float
     seed: int
     elapsed: float
+    sigma_override: bool = False  # predicted at a sigma other than the one the model was trained for (on purpose)
 
     @property
     def abstained(self) -> bool:
