@@ -18,6 +18,16 @@ ALPHA = 0.001  # failure probability of each certificate (Cohen et al.)
 NOISE_BATCH = 1000  # noisy samples per forward pass
 SEED = 0
 
+EMBEDDED_MODEL = "dmae-tiny-cifar10"  # the classifier shipped inside the package: every command's default model
+
+# Shown wherever a certificate is shown (pipeline result, CLI, web page, demo): what a certificate does not say.
+CERTIFICATE_CAVEAT = ("A certificate proves that the smoothed classifier's answer cannot change within the radius; it "
+                      "does not prove that the answer is correct (an image the model never learned gets a confident "
+                      "certificate too).")
+# An image shrunk by more than this factor on a side to reach the model's input (a photo into a 32x32 model) is
+# flagged: the certificate is about the small image, which may have lost what the photo shows.
+MAX_SHRINK = 4.0
+
 # `dmae demo` certifies 20 images in about a minute on 2 CPU cores: n = 1,000 caps the radius at 2.2 sigma
 # (0.55 at sigma = 0.25), which is enough to show what a certificate is.
 DEMO_N = 1000
