@@ -177,4 +177,5 @@ def test_certificates_are_built_with_their_elapsed_time():
         assert results[0].elapsed > 0 and results[0].elapsed == results[1].elapsed
         assert results[0].prediction == 1 and results[0].radius > 0 and results[0].method == method
         assert list(results[0].to_dict()) == ["prediction", "radius", "pA_lower", "counts", "n0", "n", "alpha",
-                                              "sigma", "seed", "elapsed", "method", "num_samples", "abstained"]
+                                              "sigma", "seed", "elapsed", "method", "num_samples", "sigma_override",
+                                              "abstained"]
