@@ -1,12 +1,13 @@
 """Build the test fixture in this folder: small real CIFAR-10 and ImageNet data in the Hub parquet layout.
 
-    python tests/data/make_fixture.py                          # CIFAR-10 from the Hub (uoft-cs/cifar10), photos from foolbox
-    python tests/data/make_fixture.py --source PATH            # a local copy: PATH/cifar10 (and PATH/imagenet-sample)
+    python tests/data/make_fixture.py                 # CIFAR-10 from the Hub (uoft-cs/cifar10), photos from foolbox
+    python tests/data/make_fixture.py --source PATH   # a local copy: PATH/cifar10 (and PATH/imagenet-sample)
 
-Writes `cifar10/data/{test,train}-00000-of-00001.parquet` (columns `img`, `label`) and
-`imagenet-sample/data/validation-00000-of-00001.parquet` (columns `image`, `label`), the layout `push_to_hub` writes,
-so `datasets.load_dataset(folder)` reads them like a Hub repo. The test split is class-interleaved (row i has class
-i % 10), so every prefix of it is class-balanced. Image bytes are copied as they are, never re-encoded. See README.md.
+Writes `cifar10/data/test-00000-of-00001.parquet` and `cifar10/data/train-0000K-of-00005.parquet` (columns `img`,
+`label`), and `imagenet-sample/data/validation-00000-of-00001.parquet` (columns `image`, `label`): the layout
+`push_to_hub` writes, so `datasets.load_dataset(folder)` reads them like a Hub repo. The test split is
+class-interleaved (row i has class i % 10), so every prefix of it is class-balanced. Image bytes are copied as they
+are, never re-encoded. See README.md for the sources and licences.
 """
 
 import argparse
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-NUM_TEST, NUM_TRAIN = 200, 1000
+NUM_TEST, NUM_TRAIN, TRAIN_SHARDS = 200, 1000, 5  # train in 5 shards like the full set: multi-shard reads get tested
 CIFAR10_HUB_ID = "uoft-cs/cifar10"
 FOOLBOX = "foolbox==3.3.4"
 
@@ -57,19 +58,20 @@ def cifar10_rows(source: str | None, split: str, count: int) -> list[dict]:
             if len(rows) == count:
                 break
         if len(rows) < count:
-            raise SystemExit(f"{source}/cifar10 has {len(rows)} {split} rows in data/{split}-*.parquet, {count} needed.")
-        return [{"img": {"bytes": r["img"]["bytes"], "path": None}, "label": r["label"]} for r in rows]
-    import datasets
+            raise SystemExit(f"{source}/cifar10 has {len(rows)} {split} rows in data/{split}-*.parquet; "
+                             f"{count} are needed.")
+    else:
+        import datasets
 
-    ds = datasets.load_dataset(CIFAR10_HUB_ID, split=split, streaming=True).cast_column("img", datasets.Image(decode=False))
-    rows = [{"img": {"bytes": r["img"]["bytes"], "path": None}, "label": r["label"]} for r in
-            (interleave(ds, count // 10) if split == "test" else ds.take(count))]
-    return rows
+        ds = datasets.load_dataset(CIFAR10_HUB_ID, split=split, streaming=True)
+        ds = ds.cast_column("img", datasets.Image(decode=False))
+        rows = interleave(ds, count // 10) if split == "test" else list(ds.take(count))
+    return [{"img": {"bytes": r["img"]["bytes"], "path": None}, "label": r["label"]} for r in rows]
 
 
 def imagenet_rows(source: str | None, foolbox: str | None) -> list[dict]:
-    """The 20 ImageNet photos: from `source/imagenet-sample`, else from foolbox 3.3.4 (`foolbox/data/imagenet_NN_LABEL.jpg`,
-    a wheel file or the installed package)."""
+    """The 20 ImageNet photos: from `source/imagenet-sample`, else from foolbox 3.3.4's
+    `foolbox/data/imagenet_NN_LABEL.jpg` (a wheel file or a package folder, by default the installed package)."""
     if source is not None and (Path(source) / "imagenet-sample").is_dir():
         shard = Path(source) / "imagenet-sample" / "data" / "validation-00000-of-00001.parquet"
         rows = pq.read_table(shard, columns=["image", "label"]).to_pylist()
@@ -87,23 +89,25 @@ def imagenet_rows(source: str | None, foolbox: str | None) -> list[dict]:
     else:
         files = {p.name: p.read_bytes() for p in (Path(foolbox) / "data").glob("imagenet_*.jpg")}
     if len(files) != 20:
-        raise SystemExit(f"{foolbox} holds {len(files)} imagenet_*.jpg photos, 20 expected ({FOOLBOX}).")
+        raise SystemExit(f"{foolbox} holds {len(files)} imagenet_*.jpg photos; {FOOLBOX} has 20.")
     return [{"image": {"bytes": data, "path": None}, "label": int(Path(name).stem.split("_")[2])}
             for name, data in sorted(files.items())]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default=None, help="a local folder holding cifar10/ (and imagenet-sample/) in the "
-                        f"Hub parquet layout (default: None, i.e. CIFAR-10 from the Hub id {CIFAR10_HUB_ID})")
-    parser.add_argument("--foolbox", default=None, help=f"the {FOOLBOX} wheel or package folder for the ImageNet photos "
-                        "when --source has no imagenet-sample/ (default: None, i.e. the installed foolbox)")
+    parser.add_argument("--source", default=None, help="a local folder holding cifar10/ (and imagenet-sample/) in "
+                        f"the Hub parquet layout (default: none; CIFAR-10 comes from the Hub id {CIFAR10_HUB_ID})")
+    parser.add_argument("--foolbox", default=None, help=f"the {FOOLBOX} wheel or package folder for the ImageNet "
+                        "photos when --source has no imagenet-sample/ (default: the installed foolbox)")
     parser.add_argument("--out", default=str(HERE), help="where to write the fixture (default: this folder)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     cifar = features("img", CIFAR10_NAMES)
     write(cifar10_rows(args.source, "test", NUM_TEST), cifar, out / "cifar10/data/test-00000-of-00001.parquet")
-    write(cifar10_rows(args.source, "train", NUM_TRAIN), cifar, out / "cifar10/data/train-00000-of-00001.parquet")
+    train, size = cifar10_rows(args.source, "train", NUM_TRAIN), NUM_TRAIN // TRAIN_SHARDS
+    for k in range(TRAIN_SHARDS):
+        write(train[k * size:(k + 1) * size], cifar, out / f"cifar10/data/train-{k:05d}-of-{TRAIN_SHARDS:05d}.parquet")
     write(imagenet_rows(args.source, args.foolbox), features("image", [str(i) for i in range(1000)]),
           out / "imagenet-sample/data/validation-00000-of-00001.parquet")
 
