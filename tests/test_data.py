@@ -80,8 +80,8 @@ def test_missing_dataset_path_is_a_clear_error(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    fix = r".*Pass a Hub id such as uoft-cs/cifar10.*\$DMAE_DATA_DIR/cifar10.*data/\{split\}-\*\.parquet.*save_to_disk"
-    for path in (str(tmp_path / "nope"), "../shared/data/no-such-cifar10"):  # absolute, and relative as in docs
+    fix = r".*Pass a Hub id such as uoft-cs/cifar10.*data/\{split\}-\*\.parquet.*save_to_disk"
+    for path in (str(tmp_path / "nope"), "../no-such-data/cifar10"):  # absolute, and relative
         with pytest.raises(ValueError, match=r"Dataset '.*no.*' is neither a local dataset folder nor a reachable "
                                              r"Hub dataset id \(no such local folder\)" + fix):
             data.load_image_stream(path, "train")

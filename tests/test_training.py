@@ -347,16 +347,16 @@ def test_help_shows_every_option_with_help_and_its_default(script, capsys):
     assert checked > 40
 
 
-def test_bad_input_prints_one_error_line_and_exits_2(tmp_path, data_dir):
+def test_bad_input_prints_one_error_line_and_exits_2(tmp_path):
     env = dict(ENV, HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "pretrain.py"), "--preset", "tiny",
-                             "--dataset", "../shared/no-such-data/cifar10", "--output-dir", str(tmp_path / "out")],
+                             "--dataset", "../no-such-data/cifar10", "--output-dir", str(tmp_path / "out")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert lines[0].startswith("error: Dataset '../shared/no-such-data/cifar10' is neither a local dataset folder")
-    assert "Offline mode is on" in lines[0] and "$DMAE_DATA_DIR" in lines[0]
+    assert lines[0].startswith("error: Dataset '../no-such-data/cifar10' is neither a local dataset folder")
+    assert "Offline mode is on" in lines[0] and "uoft-cs/cifar10" in lines[0]
 
 
 # ------------------------------------------------------------------------------------------------------ Hub

@@ -76,8 +76,8 @@ class DataArguments:
     """The training stream: which dataset, split and columns, how much of it, and how it is decoded."""
 
     dataset: str = field(metadata=_arg(
-        "Hub dataset id (uoft-cs/cifar10, ILSVRC/imagenet-1k) or a local copy in the Hub layout "
-        "(e.g. $DMAE_DATA_DIR/cifar10)", required=True))
+        "Hub dataset id (uoft-cs/cifar10, ILSVRC/imagenet-1k) or the path of a local copy in the Hub layout "
+        "(a folder holding data/{split}-*.parquet)", required=True))
     split: str = field(default="train", metadata=_arg("training split"))
     image_column: str | None = field(default=None, metadata=_arg(
         "image column (None: the first column named image, img, jpg, jpeg, png or webp, else the first Image "
