@@ -3,12 +3,12 @@
 """Input-pipeline throughput of DMAE pre-training alone (no model): images/s of decode + resize + collate, and
 rank 0's share of the decoding, in the two data modes (`--data-mode`, see dmae_hf.training.data).
 
-The 20 real ImageNet photos of `imagenet-sample` are repeated to `--images` examples and written as a local
-Hub-layout parquet folder of `--shards` shards. Each configuration starts its processes together as a gloo process
-group (forked, with torchrun's environment variables, on CPU) and builds the training batches exactly as
-`examples/pretrain.py` does: `loop.make_accelerator` (`dispatch_batches=True`), `streams.DataSetup` (shuffle
-buffer, `build_stream`, `ImageDecoder` to `--decode-size` on `--workers` DataLoader workers, `collate` to uint8
-batches) and `DataSetup.train_loader`, iterated through `rng_neutral` on every rank:
+The 20 real ImageNet photos of `imagenet-sample` (the test fixture's, in `tests/data`) are repeated to `--images`
+examples and written as a local Hub-layout parquet folder of `--shards` shards. Each configuration starts its
+processes together as a gloo process group (forked, with torchrun's environment variables, on CPU) and builds the
+training batches exactly as `examples/pretrain.py` does: `loop.make_accelerator` (`dispatch_batches=True`),
+`streams.DataSetup` (shuffle buffer, `build_stream`, `ImageDecoder` to `--decode-size` on `--workers` DataLoader
+workers, `collate` to uint8 batches) and `DataSetup.train_loader`, iterated through `rng_neutral` on every rank:
 
 - baseline: 1 process (both modes are the same there);
 - per-rank, P processes: each rank reads and decodes its own part (`RankBatches`, full batches only);
@@ -125,8 +125,9 @@ def measure(folder: str, mode: str, processes: int, args, tmp: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("DMAE_DATA_DIR", "../shared/data"),
-                        help="folder holding imagenet-sample/")
+    parser.add_argument("--data-dir", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                           "tests", "data"),
+                        help="folder holding imagenet-sample/ (default: the test fixture, tests/data)")
     parser.add_argument("--images", type=int, default=2000, help="examples: the 20 photos repeated")
     parser.add_argument("--shards", type=int, default=8, help="parquet shards of the repeated set")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2],

@@ -10,8 +10,8 @@ Loss (computed by `DMAEForSmoothedClassification` in training mode): m noisy cop
 clean and noisy accuracy on a validation set held out from the training split; at the end a quick CERTIFY on that
 set (small n) when `dmae_hf.smoothing` provides it.
 
-    # CIFAR-10, tiny model, CPU (uoft-cs/cifar10 from the Hub, or a local Hub-layout copy:
-    # --dataset $DMAE_DATA_DIR/cifar10 or ../shared/data/cifar10)
+    # CIFAR-10, tiny model, CPU (uoft-cs/cifar10 from the Hub, or --dataset PATH: a local copy in the Hub layout,
+    # a folder holding data/{split}-*.parquet)
     python examples/finetune.py --model runs/pt/final --dataset uoft-cs/cifar10 --image-column img \
         --batch-size 64 --grad-accum 1 --epochs 1 --val-size 500 --num-workers 1 --output-dir runs/ft
     # paper CIFAR-10 recipe from a ViT-B DMAE checkpoint

@@ -7,8 +7,8 @@ masked, and the decoder reconstructs the clean image; the loss averages over all
 masked patches only, the MAE baseline). AdamW(0.9, 0.95), weight decay 0.05 except on 1-D parameters and biases,
 lr = blr * effective batch / 256 with per-step linear warmup and half-cosine decay.
 
-    # CPU smoke run on CIFAR-10 with the tiny model (uoft-cs/cifar10 from the Hub, or a local Hub-layout copy:
-    # --dataset $DMAE_DATA_DIR/cifar10 or ../shared/data/cifar10)
+    # CPU smoke run on CIFAR-10 with the tiny model (uoft-cs/cifar10 from the Hub, or --dataset PATH: a local copy
+    # in the Hub layout, a folder holding data/{split}-*.parquet)
     python examples/pretrain.py --preset tiny --dataset uoft-cs/cifar10 --image-column img \
         --batch-size 64 --grad-accum 1 --max-steps 200 --warmup-steps 20 --num-workers 1 --output-dir runs/pt
     # paper ViT-B on ImageNet, 8 GPUs
