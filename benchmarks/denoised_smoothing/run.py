@@ -35,7 +35,7 @@ LOCAL_DATA: set[str] = set()  # a local --dataset, shown as $CIFAR10 in the repo
 DMAE_ARGS = ("--preset tiny --hidden-size 96 --depth 4 --heads 3 --patch-size 4 --image-size 32 "
              "--decoder-hidden-size 64 --decoder-depth 2 --decoder-heads 4 --normalization cifar10 "
              "--dataset {data} --image-column img --val-size 5000 --num-workers 1 --cpu --seed 0 --batch-size 128 "
-             "--grad-accum 1 --save-every 200 --no-crop --recon-every 0 --sigma 0.25").split()
+             "--grad-accum 1 --save-every 200 --no-crop --recon-every 0 --noise-sigma 0.25").split()
 
 
 def training(work: str, data: str) -> dict[str, tuple[str, list[str]]]:

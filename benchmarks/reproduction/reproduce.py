@@ -128,13 +128,13 @@ def main(argv=None) -> int:
                 "--lr", "1e-3", "--warmup-steps", str(max(1, args.pretrain_steps // 12))]
     finetune = [py, "examples/finetune.py", *ARCH, *data, "--max-steps", str(args.finetune_steps), "--lr", "1e-3",
                 "--warmup-steps", str(max(1, args.finetune_steps // 10)), "--layer-decay", "0.65",
-                "--sigma", str(args.sigma), "--certify-examples", "0"]
+                "--smoothing-sigma", str(args.sigma), "--certify-examples", "0"]
     consistency = ["--consistency-lambda", "2.0", "--consistency-eta", "0.5", "--num-noise-samples", "2"]
     gaussian_only = ["--consistency-lambda", "0", "--consistency-eta", "0", "--num-noise-samples", "1"]
 
     models = {}
     if "dmae" in args.models:
-        pt = stage(out, "pretrain-dmae", pretrain + ["--sigma", "0.25"], timings)
+        pt = stage(out, "pretrain-dmae", pretrain + ["--noise-sigma", "0.25"], timings)
         models["dmae"] = stage(out, "finetune-dmae", finetune + ["--model", str(pt)] + consistency, timings)
     if "scratch" in args.models:
         models["scratch"] = stage(out, "finetune-scratch", finetune + ["--from-scratch"] + gaussian_only, timings)

@@ -213,6 +213,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """`--help` of the example scripts: the module docstring as written, every option with its default."""
 
 
+class _Renamed(argparse.Action):
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise ValueError(f"{option_string} was renamed: use {self.new}.")
+
+
+def add_renamed(parser, old: str, new: str) -> None:
+    """Refuse the flag `old` (hidden from `--help`) with the one-line `error: OLD was renamed: use NEW.` of
+    `run_main`, rather than argparse's "unrecognized arguments"."""
+    parser.add_argument(old, action=_Renamed, new=new, dest=f"_renamed_{old.strip('-').replace('-', '_')}")
+
+
 def run_main(main, argv=None) -> int:
     """Run an example script's `main`: a `ValueError` (bad input, named with its fix) prints one line
     `error: ...` and exits with status 2; `--debug` shows the traceback instead."""

@@ -19,7 +19,7 @@ class DataSetup:
     def __init__(self, data_args: DataArguments, image_size: int, with_labels: bool, seed: int,
                  num_labels: int | None = None, default_scale: tuple[float, float] = DEFAULT_CROP_SCALE["pretrain"],
                  rank: int = 0, num_processes: int = 1):
-        from . import data
+        from . import streams
 
         self.mode = data_args.data_mode
         if self.mode not in ("per-rank", "dispatch"):
@@ -28,14 +28,14 @@ class DataSetup:
         self.rank, self.num_processes = (rank, num_processes) if split else (0, 1)
         self.drop_last = split  # per-rank ranks keep full batches only (the schedule counts floor(size / batch))
 
-        raw = data.load_image_stream(data_args.dataset, data_args.split, data_args.image_column,
+        raw = streams.load_image_stream(data_args.dataset, data_args.split, data_args.image_column,
                                      data_args.label_column if with_labels else None, token=data_args.token)
-        self.class_names = data.class_names_of(raw) if with_labels else None
-        self.num_classes = num_labels or (data.num_classes_of(raw) if with_labels else None)
+        self.class_names = streams.class_names_of(raw) if with_labels else None
+        self.num_classes = num_labels or (streams.num_classes_of(raw) if with_labels else None)
         if with_labels and self.num_classes is None:
             raise ValueError("The label column is not a ClassLabel; pass --num-labels.")
         # Decoded size: small images (CIFAR) as they are; large ones resized + center-cropped.
-        probe = data.ImageDecoder()
+        probe = streams.ImageDecoder()
         first = next(iter(raw.take(1)), None)
         if first is None:
             raise ValueError(f"Split {data_args.split!r} of {data_args.dataset!r} is empty.")
@@ -48,29 +48,29 @@ class DataSetup:
         else:
             self.crop_scale = default_scale if image_size >= 128 and not self.small else None
         if self.small:
-            train_dec = data.ImageDecoder(num_labels=self.num_classes)
+            train_dec = streams.ImageDecoder(num_labels=self.num_classes)
             eval_dec = train_dec
         else:
             size = data_args.decode_size or (256 if self.crop_scale is not None else image_size)
-            train_dec = data.ImageDecoder(size, size, num_labels=self.num_classes)
-            eval_dec = data.ImageDecoder(data_args.decode_size or round(image_size * 256 / 224), image_size,
+            train_dec = streams.ImageDecoder(size, size, num_labels=self.num_classes)
+            eval_dec = streams.ImageDecoder(data_args.decode_size or round(image_size * 256 / 224), image_size,
                                          num_labels=self.num_classes)
         self.augment_size = image_size if self.crop_scale is not None else (None if self.small else image_size)
         if data_args.max_train_examples:
-            raw = data.first_examples(raw, data_args.max_train_examples + data_args.val_size)
-        data.validate_stream(raw, train_dec)
-        train_raw, val_raw = data.hold_out(raw, data_args.val_size)
+            raw = streams.first_examples(raw, data_args.max_train_examples + data_args.val_size)
+        streams.validate_stream(raw, train_dec)
+        train_raw, val_raw = streams.hold_out(raw, data_args.val_size)
         total = data_args.train_size
         if total is None:
-            total = data_args.max_train_examples or data.count_examples(data_args.dataset, data_args.split,
+            total = data_args.max_train_examples or streams.count_examples(data_args.dataset, data_args.split,
                                                                         token=data_args.token)
             if total is not None and not data_args.max_train_examples:
                 total -= data_args.val_size
         self.train_size = total
-        self.train = data.build_stream(train_raw, train_dec, shuffle=True, seed=seed,
+        self.train = streams.build_stream(train_raw, train_dec, shuffle=True, seed=seed,
                                        buffer_size=data_args.shuffle_buffer, rank=self.rank,
                                        world_size=self.num_processes)
-        self.val = data.build_stream(val_raw, eval_dec, shuffle=False) if val_raw is not None else None
+        self.val = streams.build_stream(val_raw, eval_dec, shuffle=False) if val_raw is not None else None
         self.val_size = data_args.val_size
 
     def train_loader(self, accelerator, batch_size: int, num_workers: int):
@@ -85,7 +85,7 @@ class DataSetup:
     def loader(self, dataset, batch_size: int, num_workers: int, drop_last: bool = False):
         from torch.utils.data import DataLoader
 
-        from .data import UniformBatches, collate
+        from .streams import UniformBatches, collate
 
         workers = min(num_workers, dataset.num_shards)
         # A private generator for the workers' base seed (decoding uses no randomness). Accelerate's batch

@@ -15,7 +15,7 @@ Sharding across processes (`--data-mode`):
   rank when the shard count is a multiple of the world size (each rank reads only its own files), else every
   `world_size`-th example of the shuffled stream (each rank reads every file's bytes but decodes only its own
   examples). Every example is seen at most once per epoch; ranks stop together at the first step where any rank
-  has no full batch left (`streams.RankBatches`: one all-gather of a flag per batch), so DDP never hangs on uneven
+  has no full batch left (`data_setup.RankBatches`: one all-gather of a flag per batch), so DDP never hangs on uneven
   ends; the dropped examples are the tail of the longer ranks (less than one batch per rank with the example split,
   the excess shards' worth with uneven shard sizes). The decoding throughput grows with the number of processes.
 - `dispatch`: the stream goes to `accelerator.prepare(DataLoader(...))` with `dispatch_batches=True`: rank 0 reads
