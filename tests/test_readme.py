@@ -16,12 +16,12 @@ def test_every_python_block_is_collected():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index, tmp_path, data_dir):
+def test_readme_example_runs(index, tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", BLOCKS[index]],
         cwd=tmp_path,
         env={"PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg",
-             "DMAE_DATA_DIR": str(data_dir), "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
+             "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=120,
