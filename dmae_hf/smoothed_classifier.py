@@ -242,11 +242,12 @@ class SmoothedClassifier(nn.Module):
         pixel_values = output["pixel_values"][0].float()
         height, width = pixel_values.shape[-2:]
         if self.input_size is not None and (height, width) != self.input_size:
-            what = "The image is" if is_dmae_processor(processor) else "The image processor gives"
-            fix = ("resize it first, or pass resize=True" if not resize else
-                   "configure the image processor to resize and crop to that size")
-            raise ValueError(f"{what} {height}x{width} after processing, not the model's {self.input_size[0]}x"
-                             f"{self.input_size[1]} input: {fix}.")
+            if is_dmae_processor(processor):  # (resize=False)
+                raise ValueError(f"The image is {width}x{height} after processing, not the model's "
+                                 f"{self.input_size[1]}x{self.input_size[0]} input, and resize=False: resize it "
+                                 "first, or pass resize=True.")
+            raise ValueError(f"The image processor gives {(height, width)} pixel values, not the model's "
+                             f"{self.input_size} input: configure it to resize and crop to that size.")
         if not torch.isfinite(pixel_values).all():
             raise ValueError("The image processor gave NaN or Inf pixel values.")
         pixel_values = pixel_values.clamp(0.0, 1.0)  # (a bicubic resample may overshoot [0, 1] by rounding)
