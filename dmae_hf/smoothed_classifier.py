@@ -45,9 +45,9 @@ PROCESSOR_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", 
 
 
 class Preprocessed(NamedTuple):
-    """An image at the model's input: `pixel_values` (3, H, W) float32 in [0, 1]; `shrink`, the factor by which it
-    was scaled down (the smaller of the two side ratios, so a center crop is not counted; 1.0 = not shrunk);
-    `original_size`, the (H, W) it had before."""
+    """An image at the model's input: `pixel_values` (3, H, W) float32 in [0, 1]; `shrink`, the largest factor by
+    which a side was reduced to reach it (resize and crop together; 1.0 = not reduced); `original_size`, the (H, W)
+    it had before."""
 
     pixel_values: torch.Tensor
     shrink: float
@@ -242,15 +242,16 @@ class SmoothedClassifier(nn.Module):
         pixel_values = output["pixel_values"][0].float()
         height, width = pixel_values.shape[-2:]
         if self.input_size is not None and (height, width) != self.input_size:
-            what = "The image is" if is_dmae_processor(processor) else "The image processor gives"
-            fix = ("resize it first, or pass resize=True" if not resize else
-                   "configure the image processor to resize and crop to that size")
-            raise ValueError(f"{what} {height}x{width} after processing, not the model's {self.input_size[0]}x"
-                             f"{self.input_size[1]} input: {fix}.")
+            if is_dmae_processor(processor):  # (resize=False)
+                raise ValueError(f"The image is {width}x{height} after processing, not the model's "
+                                 f"{self.input_size[1]}x{self.input_size[0]} input, and resize=False: resize it "
+                                 "first, or pass resize=True.")
+            raise ValueError(f"The image processor gives {(height, width)} pixel values, not the model's "
+                             f"{self.input_size} input: configure it to resize and crop to that size.")
         if not torch.isfinite(pixel_values).all():
             raise ValueError("The image processor gave NaN or Inf pixel values.")
         pixel_values = pixel_values.clamp(0.0, 1.0)  # (a bicubic resample may overshoot [0, 1] by rounding)
-        shrink = max(1.0, min(original_size[0] / height, original_size[1] / width))
+        shrink = max(1.0, original_size[0] / height, original_size[1] / width)
         return Preprocessed(pixel_values.contiguous(), shrink, original_size)
 
     def _float_tensor(self, image: torch.Tensor) -> Preprocessed:
@@ -274,8 +275,8 @@ class SmoothedClassifier(nn.Module):
         if shrink is None or shrink <= MAX_SHRINK:
             return None
         size = "" if self.input_size is None else f"{self.input_size[0]}x{self.input_size[1]} "
-        return (f"The image was shrunk {shrink:.1f}x to the model's {size}input: the certificate is about that small "
-                "image, which may have lost what the original shows.")
+        return (f"The image was reduced {shrink:.1f}x on a side to reach the model's {size}input: the certificate "
+                "is about that small image, which may have lost what the original shows.")
 
     # ------------------------------------------------------------------------------------------------------------ f
     def forward(self, noisy_pixel_values: torch.Tensor) -> torch.Tensor:
