@@ -32,10 +32,12 @@ streaming=True)` calls through huggingface_hub's `HfFileSystem`; checked with da
 
 Use as a context manager: `with FakeHub() as hub: hub.endpoint ...`; `hub.requests` logs (method, path).
 `point_client_at(monkeypatch, endpoint, cache_dir)` points this process's Hub client (huggingface_hub reads its
-settings at import time) at it, for in-process tests; subprocesses take `HF_ENDPOINT` etc. in their environment.
+settings at import time) at it, for in-process tests, with a fresh `dmae_hf.hub.reach` probe; subprocesses take
+`HF_ENDPOINT` etc. in their environment.
 """
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -128,6 +130,8 @@ def point_client_at(monkeypatch, endpoint: str, cache_dir, offline: bool = False
     from huggingface_hub.utils import _http
     from transformers.utils import hub
 
+    from dmae_hf.hub import reach as _reach
+
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
@@ -136,6 +140,8 @@ def point_client_at(monkeypatch, endpoint: str, cache_dir, offline: bool = False
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(hub.hf_api(), "endpoint", endpoint)
     monkeypatch.setattr(_http, "time", _NoSleep())
+    _reach._probe.cache_clear()  # a port may be reused: probe this endpoint afresh (and again after the test)
+    monkeypatch.setattr(_reach, "_probe", functools.cache(_reach._probe.__wrapped__))
     if token:
         monkeypatch.setenv("HF_TOKEN", token)
 
