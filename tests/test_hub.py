@@ -185,6 +185,49 @@ def test_packaged_checkpoint_is_used_when_present(monkeypatch, tmp_path):
     assert AutoImageProcessor.from_pretrained("dmae-tiny-cifar10").do_resize is False
 
 
+# ------------------------------------------------------------------------------------- shipped checkpoints by name
+SHIPPED_ROUTES = {
+    "dmae-tiny-cifar10": {
+        "AutoConfig": (AutoConfig, "DMAEConfig"), "AutoModel": (AutoModel, "DMAEModel"),
+        "AutoModelForImageClassification": (AutoModelForImageClassification, "DMAEForSmoothedClassification"),
+        "DMAEForSmoothedClassification": (DMAEForSmoothedClassification, "DMAEForSmoothedClassification"),
+        "AutoImageProcessor": (AutoImageProcessor, "DMAEImageProcessor")},
+    "dmae-tiny-cifar10-denoiser": {
+        "AutoConfig": (AutoConfig, "DMAEConfig"), "AutoModel": (AutoModel, "DMAEModel"),
+        "AutoModelForPreTraining": (transformers.AutoModelForPreTraining, "DMAEForPreTraining"),
+        "DMAEForPreTraining": (dmae_hf.DMAEForPreTraining, "DMAEForPreTraining"),
+        "AutoImageProcessor": (AutoImageProcessor, "DMAEImageProcessor")},
+    "vit-tiny-cifar10-clean": {
+        "AutoConfig": (AutoConfig, "ViTConfig"), "AutoModel": (AutoModel, "ViTModel"),
+        "AutoModelForImageClassification": (AutoModelForImageClassification, "ViTForImageClassification"),
+        "ViTForImageClassification": (transformers.ViTForImageClassification, "ViTForImageClassification"),
+        "AutoImageProcessor": (AutoImageProcessor, "ViTImageProcessor")},
+}
+
+
+@pytest.mark.parametrize("name, route", [(n, r) for n, routes in SHIPPED_ROUTES.items() for r in routes],
+                         ids=lambda v: v)
+def test_every_shipped_checkpoint_loads_by_its_short_name_offline(name, route, tmp_path, monkeypatch):
+    """Issue 21: the classifier, the denoiser and the clean ViT load by name in every route, offline, from any
+    directory (before, `vit-tiny-cifar10-clean` failed with transformers' generic network message)."""
+    assert hub_names.resolve(name) == str(hub_names.packaged_path(name))
+    monkeypatch.chdir(tmp_path)  # nothing of that name here: the packaged copy is what loads
+    loader, expected = SHIPPED_ROUTES[name][route]
+    assert type(loader.from_pretrained(name)).__name__.startswith(expected)  # ViTImageProcessor(Pil)
+
+
+def test_shipped_checkpoints_in_pipelines_by_short_name():
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (120, 60, 30))
+    plain = pipeline("image-classification", model="vit-tiny-cifar10-clean")
+    assert plain(image)[0]["label"] in plain.model.config.id2label.values()
+    for model, denoiser in (("dmae-tiny-cifar10", None), ("vit-tiny-cifar10-clean", "dmae-tiny-cifar10-denoiser")):
+        certifier = pipeline("certified-image-classification", model=model, denoiser=denoiser)
+        out = certifier(image, n0=10, n=50, alpha=0.01, seed=0)
+        assert out["sigma"] == 0.25 and out["denoiser"] == denoiser, out
+
+
 # ------------------------------------------------------------------------------------------------------ load report
 @pytest.fixture
 def transformers_log():

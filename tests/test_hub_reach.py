@@ -122,6 +122,8 @@ UNREACHABLE_CLIENT = textwrap.dedent('''
         "processor": lambda: AutoImageProcessor.from_pretrained("someone/some-vit"),
         "pipeline": lambda: pipeline("certified-image-classification", model="dmae-vit-base-sigma0.25"),
         "dataset": lambda: require_hub_dataset("uoft-cs/cifar10"),
+        "shipped": lambda: [AutoModelForImageClassification.from_pretrained(name) for name in
+                            ("vit-tiny-cifar10-clean", "dmae-tiny-cifar10")],
     }
     report = {}
     for route, load in routes.items():
@@ -149,6 +151,7 @@ def test_unreachable_hub_fails_fast_in_one_line_without_retries(tmp_path, endpoi
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.split("REPORT", 1)[1])
     cause = f"the Hub at {endpoint} cannot be reached (connection refused)"
+    assert report.pop("shipped") == ["loaded", 0.0]  # the shipped checkpoints need no Hub
     for route, (message, seconds) in report.items():
         assert seconds < 3.0, (route, seconds)
         assert "\n" not in message and cause in message, (route, message)

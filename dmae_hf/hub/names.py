@@ -2,20 +2,24 @@
 """Short names of the released DMAE checkpoints and their resolution to Hub repository ids.
 
 `DMAEForPreTraining.from_pretrained("dmae-vit-base")` loads `f"{namespace}/dmae-vit-base"`, where the namespace is
-`$DMAE_HF_NAMESPACE` (default `"dmae-hf"`), read at each resolution. `dmae-tiny-cifar10` and
-`dmae-tiny-cifar10-denoiser` resolve to the copies shipped inside the package when they are there.
+`$DMAE_HF_NAMESPACE` (default `"dmae-hf"`), read at each resolution. The checkpoints shipped inside the package
+(`dmae-tiny-cifar10`, `dmae-tiny-cifar10-denoiser` and the plain transformers ViT `vit-tiny-cifar10-clean`) resolve
+to their packaged copies, so they load offline by name in every route.
 
-How: `import dmae_hf` calls `install_short_name_hook()`, which wraps `transformers.utils.hub.cached_files`, the one
-function through which transformers fetches every file of a model repository (configs, weights, processor configs,
-remote code; `cached_file` delegates to it). The wrapper maps a known short name to its repository id (or packaged
-directory) and leaves everything else untouched: repo ids with a "/", existing local paths, and names that do not
-start with "dmae-". An unknown name that looks like a short name (`dmae-...`, no "/") raises a `ValueError` listing
-the known ones. A known name whose repository cannot be fetched raises `ShortNameUnavailableError` (an `OSError` and a
-`ValueError`), which names the repository, the cause (offline mode, no such repository on the Hub, network) and the
-command that makes the weights from the official release. The commit pinning of `from_pretrained`
+How: `import dmae_hf` calls `install_short_name_hook()`, which wraps
+`transformers.utils.hub.cached_files`, the one function through which transformers fetches every file of a model
+repository (configs, weights, processor configs, remote code; `cached_file` delegates to it). The wrapper maps a known
+short name to its repository id (or packaged directory) and leaves everything else untouched: repo ids with a "/",
+existing local paths, and names that do not start with "dmae-". An unknown name that looks like a short name
+(`dmae-...` in any case, no "/") raises a `ValueError` saying which name was meant (a wrongly cased one, a near miss)
+and listing the known ones. A known name whose repository cannot be fetched raises `ShortNameUnavailableError` (an
+`OSError` and a `ValueError`), which names the repository, the cause (offline mode, no such repository on the Hub,
+network) and the command that makes the weights from the official release. The commit pinning of `from_pretrained`
 (`resolve_revision` of transformers' shared `HfApi` client) is wrapped the same way, so no request ever goes out with
 a bare short name. Because both sit below `from_pretrained`, they serve every class at once: the DMAE classes,
-`AutoConfig`, `AutoModel*`, `AutoImageProcessor` and `pipeline(...)`.
+`AutoConfig`, `AutoModel*`, `AutoImageProcessor` and `pipeline(...)`. When `dmae_hf.hub.reach` finds the Hub offline
+or unreachable (one probe per process), both read the local cache only, so that a Hub id or short name that is not
+cached fails at once with one line, instead of after huggingface_hub's retries.
 """
 
 import difflib
@@ -277,8 +281,6 @@ def resolve(name_or_path):
 
 
 _RAISE_FLAGS = ("_raise_exceptions_for_missing_entries", "_raise_exceptions_for_connection_errors")
-
-
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".index.json")
 
 
@@ -308,13 +310,12 @@ def _fetch(original_files, name: str, target: str, args: tuple, kwargs: dict, re
     """`original_files(target, ...)`, with one clear error when the repository cannot be fetched.
 
     `reason` (from `dmae_hf.hub.reach`) is set when the Hub is offline or unreachable: then `kwargs` ask for the local
-    cache only, and a repository not cached fails at once, naming the cause and the fix, instead of after
-    huggingface_hub's retries. A short name (`name != target`) raises `ShortNameUnavailableError`, a Hub id
-    `HubUnreachableError`. Callers probing optional files (processor configs, ...) ask `cached_files` to return None
-    instead of raising, which would hide an unreachable repository behind a later, unrelated message. So the fetch
-    always runs with both raise flags on; an error whose cause is not "repository unreachable" (say, a missing
-    optional file) repeats the call with the caller's own flags, which then answers from the cache (or the "file does
-    not exist" cache).
+    cache only, and a repository not cached (or cached without a required file, or without any weights) fails at once
+    with one line naming the cause and the fix: `ShortNameUnavailableError` for a short name (`name != target`),
+    `HubUnreachableError` for a Hub id. Callers probing optional files (processor configs, ...) ask `cached_files` to
+    return None instead of raising, which would hide an unreachable repository behind a later, unrelated message. So
+    the fetch always runs with both raise flags on; an error whose cause is not "repository unreachable" (say, a
+    missing optional file) repeats the call with the caller's own flags, which then answers from the cache.
     """
     forced = {**kwargs, **{flag: True for flag in _RAISE_FLAGS}}
     try:
@@ -344,10 +345,6 @@ def _fetch(original_files, name: str, target: str, args: tuple, kwargs: dict, re
                                   f"{fix}") from None
 
 
-def _is_repo_id(target) -> bool:
-    return isinstance(target, str) and not os.path.exists(target)
-
-
 def install_short_name_hook() -> None:
     """Make every transformers loader resolve short names, and fail fast on an unreachable Hub (idempotent).
 
@@ -365,7 +362,7 @@ def install_short_name_hook() -> None:
         @functools.wraps(original_files)
         def cached_files(path_or_repo_id, *args, **kwargs):
             target = resolve(path_or_repo_id)
-            if not _is_repo_id(target):  # a local path (a packaged checkpoint included), or None
+            if not isinstance(target, str) or os.path.exists(target):  # a local path (packaged checkpoints too)
                 return original_files(target, *args, **kwargs)
             reason = None if kwargs.get("local_files_only") else hub_unreachable_reason()
             if reason is not None:
