@@ -16,6 +16,7 @@ checked with huggingface_hub 2.4.0 and transformers 5.24.0):
     GET  /api/models/{repo}/tree/{rev}[/{path}]   -> [{"type": "file", "path", "size", "oid"}]
     HEAD/GET /{repo}/resolve/{rev}/{path}         -> bytes with X-Repo-Commit, ETag, Content-Length;
                                                      404 + X-Error-Code EntryNotFound / RepoNotFound / RevisionNotFound
+    GET  /api/models?author={namespace}           -> [{"id"}] of that namespace's repositories (one page)
     GET  /api/whoami-v2                           -> a fixed user
 
 Dataset repositories (`hub.add_dataset(repo_id, files, gated=...)`; the routes `datasets.load_dataset(repo_id,
@@ -330,6 +331,10 @@ def _handler_for(hub: FakeHub):
                 if filename not in repo.files:
                     return self._error(404, "EntryNotFound", f"{filename} does not exist at {revision}")
                 return self._send_file(repo, repo.files[filename])
+            if path == "/api/models":  # list_models(author=...): ids only, no pagination (a Link header would page)
+                author = query.get("author", [""])[0]
+                return self._send(200, [{"id": repo_id, "modelId": repo_id, "private": False}
+                                        for repo_id in sorted(hub.repos) if repo_id.startswith(f"{author}/")])
             if path == "/api/whoami-v2":
                 return self._send(200, {"type": "user", "name": USER, "orgs": [],
                                         "auth": {"accessToken": {"role": "write"}}})

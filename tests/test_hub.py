@@ -228,6 +228,47 @@ def test_shipped_checkpoints_in_pipelines_by_short_name():
         assert out["sigma"] == 0.25 and out["denoiser"] == denoiser, out
 
 
+def test_available_models_offers_what_loads_now_and_routes_for_the_rest(hub_at, tmp_path):
+    """Issue 21: the picker's list. Offline with an empty cache only the shipped checkpoints are loadable; a released
+    name fetched once joins them ("cached"); the others come apart, each with its `dmae publish` route."""
+    from dmae_hf.hub.available import available_models
+
+    hub_at(offline=True)
+    models = available_models()
+    shipped = ["dmae-tiny-cifar10", "dmae-tiny-cifar10-denoiser", "vit-tiny-cifar10-clean"]
+    assert [(m.name, m.kind, m.status, m.sigma) for m in models.loadable] == [
+        ("dmae-tiny-cifar10", "classifier", "shipped", 0.25),
+        ("dmae-tiny-cifar10-denoiser", "denoiser", "shipped", None),
+        ("vit-tiny-cifar10-clean", "classifier", "shipped", None)]
+    assert [m.name for m in models.elsewhere] == [n for n in hub_names.SHORT_NAMES if n not in shipped]
+    assert all(m.status == "not cached" and not m.loadable and "`dmae publish <" in m.hint for m in models.elsewhere)
+    for m in models.loadable:  # every loadable name really loads offline
+        AutoConfig.from_pretrained(m.name)
+
+    with FakeHub() as hub:  # publish one classifier, fetch it once: it is then cached
+        hub_at(hub.endpoint)
+        model = DMAEForSmoothedClassification(DMAEConfig.from_preset("tiny", num_labels=10, smoothing_sigma=0.25))
+        model.save_pretrained(tmp_path / "ckpt")
+        hub.repos[f"dmae-hf/{CLASSIFIER}"] = hub_server.Repo()
+        hub.repos["dmae-hf/dmae-vit-large"] = hub_server.Repo()  # published, never fetched
+        hub.commit(f"dmae-hf/{CLASSIFIER}", {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()})
+        hub.commit("dmae-hf/dmae-vit-large", {"config.json": b"{}"})
+        DMAEForSmoothedClassification.from_pretrained(CLASSIFIER)
+        asked = {m.name: m for m in available_models(ask_hub=True).elsewhere}
+        assert ("GET", "/api/models") in hub.requests
+        large = asked["dmae-vit-large"]
+        assert large.status == "download" and "loading it downloads it" in large.hint
+        assert asked["dmae-vit-base"].status == "unpublished"
+        assert "download DMAE-Base (427MB" in asked["dmae-vit-base"].hint
+        assert asked["dmae-vit-base-sigma0.5"].hint.endswith("`dmae publish <classifier .pth>=dmae-vit-base-sigma0.5`")
+    hub_at(offline=True)  # the same cache, offline
+    models = available_models(ask_hub=True)  # offline: the Hub is not asked
+    assert [m.name for m in models.loadable] == shipped + [CLASSIFIER]
+    assert models.loadable[-1].status == "cached" and models.loadable[-1].sigma == 0.25
+    assert {m.status for m in models.elsewhere} == {"not cached"}
+    AutoConfig.from_pretrained(CLASSIFIER)  # offline, from the cache
+
+
 # ------------------------------------------------------------------------------------------------------ load report
 @pytest.fixture
 def transformers_log():
