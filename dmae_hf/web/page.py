@@ -145,8 +145,8 @@ def build_app(settings: ServerSettings | None = None):
             with gr.Column(scale=1):
                 # allow_custom_value: gradio's own check would echo the value; ours refuses with one message
                 model_box = gr.Dropdown(list(settings.models), value=settings.selected, label="Model",
-                                        allow_custom_value=True, filterable=False, elem_id="model")
-                denoiser_box = gr.Dropdown([NO_DENOISER, *settings.denoisers], value=NO_DENOISER, filterable=False,
+                                        allow_custom_value=True, elem_id="model")
+                denoiser_box = gr.Dropdown([NO_DENOISER, *settings.denoisers], value=NO_DENOISER,
                                            allow_custom_value=True, label="DMAE denoiser in front of the model",
                                            elem_id="denoiser")
                 sigma_box = gr.Number(value=_safe_sigma(settings), elem_id="sigma",
@@ -180,9 +180,8 @@ def build_app(settings: ServerSettings | None = None):
 
         light = {"concurrency_limit": 2, "concurrency_id": "light"}
         upload.change(on_upload, inputs=upload, outputs=[shown, answer], api_name="preview", **light)
-        for box in (model_box, denoiser_box):
-            box.change(on_choice, inputs=[model_box, denoiser_box], outputs=[sigma_box, answer], api_name="choose",
-                       **light)
+        gr.on([model_box.change, denoiser_box.change], on_choice, inputs=[model_box, denoiser_box],
+              outputs=[sigma_box, answer], api_name="choose", **light)
         run = button.click(on_certify, outputs=[answer, histogram, noisy, clean, perturbed], api_name="certify",
                            inputs=[upload, model_box, denoiser_box, sigma_box, override_box, n_box, alpha_box,
                                    method_box])
