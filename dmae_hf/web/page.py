@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from .. import defaults
-from .certifier import TARGET_RADII, DemoResult, certify_image, check_upload, to_uint8, trained_sigma
+from .certifier import TARGET_RADII, DemoResult, certify_image, check_upload, load_smoothed, to_uint8, trained_sigma
 from .server import NO_DENOISER, REFUSED, ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ def build_app(settings: ServerSettings | None = None):
                 if examples:
                     gr.Examples(examples=[[path] for path, _ in examples], inputs=[upload],
                                 example_labels=[caption for _, caption in examples], label="Examples")
+                with gr.Accordion("Models not on this server", open=False):
+                    gr.Markdown(unavailable_text(settings), elem_id="unavailable")
             with gr.Column(scale=1):
                 # allow_custom_value: gradio's own check would echo the value; ours refuses with one message
                 model_box = gr.Dropdown(list(settings.models), value=settings.selected, label="Model",
@@ -163,8 +165,6 @@ def build_app(settings: ServerSettings | None = None):
                 with gr.Row():
                     button = gr.Button("Certify", variant="primary", elem_id="certify")
                     cancel = gr.Button("Cancel", elem_id="cancel")
-                with gr.Accordion("Models not on this server", open=False):
-                    gr.Markdown(unavailable_text(settings), elem_id="unavailable")
         with gr.Row():
             with gr.Column(scale=1):
                 answer = gr.Markdown(elem_id="answer")
@@ -205,9 +205,14 @@ def _outputs(result: DemoResult):
 
 
 def _safe_sigma(settings):
+    """The selected model's trained sigma, its g loaded now so that the first visitor does not wait for it."""
     try:
-        return sigma_for(settings, settings.selected, None)
+        sigma = sigma_for(settings, settings.selected, None)
+        if sigma is not None:
+            load_smoothed(settings.source(settings.selected), None, sigma, False)
+        return sigma
     except Exception:  # noqa: BLE001 shown at the first certification instead
+        logger.exception(f"loading {settings.selected} failed")
         return None
 
 

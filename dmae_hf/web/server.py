@@ -72,8 +72,9 @@ class Limits:
             raise ValueError(f"max_seconds must be a positive number of seconds, got {seconds!r}.")
 
     def describe(self) -> str:
+        at_once = "one certification" if self.concurrency == 1 else f"{self.concurrency} certifications"
         return (f"at most {self.max_samples:,} noisy samples (n0 + n) and {self.max_seconds:g} s of sampling per "
-                f"request, {self.concurrency} certification(s) at a time and {self.max_queue} waiting")
+                f"request; {at_once} at a time, with up to {self.max_queue} more waiting")
 
 
 @dataclass(frozen=True)
