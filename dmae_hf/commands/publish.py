@@ -31,7 +31,7 @@ class UnrecognisedFile(ValueError):
 
 def _read(path: Path):
     """(state dict, training args or None) of a checkpoint file, through the converter's safe loaders."""
-    from ..hub.convert import load_checkpoint, torch_load
+    from ..hub.checkpoint_files import load_checkpoint, torch_load
 
     if path.suffix == ".safetensors" or path.is_dir() or not path.exists():
         return load_checkpoint(path)[0], None
