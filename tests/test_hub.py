@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import hub_server
-import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers
@@ -449,9 +448,9 @@ CLIENT = textwrap.dedent('''
 ''')
 
 
-def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
-    table = pq.read_table(data_dir / "imagenet-sample" / "data" / "validation-00000-of-00001.parquet")
-    (tmp_path / "image.jpg").write_bytes(table.column("image")[0].as_py()["bytes"])
+def test_convert_push_and_load_by_short_name(tmp_path):
+    photo = REPO_ROOT / "dmae_hf" / "assets" / "imagenet" / "val_00000_bull_mastiff.jpg"  # a bundled ImageNet photo
+    (tmp_path / "image.jpg").write_bytes(photo.read_bytes())
     torch.save({"model": official_checkpoint("pretraining", dim=32, depth=2, patch=8, image=32, dec_dim=32,
                                              dec_depth=1)}, tmp_path / "pretrain.pth")
     torch.save({"model": official_checkpoint("classifier", dim=32, depth=2, patch=8, image=32)},

@@ -283,6 +283,10 @@ def convert(source, output_dir, *, name: str | None = None, push_to_hub: str | N
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
     _check_options(**kwargs)
+    if push_to_hub:  # before any work: an unreachable Hub fails at once, not after the conversion and 5 retries
+        from .reach import require_hub
+
+        require_hub(f"--push-to-hub {push_to_hub}", "Convert without --push-to-hub, and upload the folder later.")
     state, hf_config = load_checkpoint(source)
     model = convert_state_dict(state, hf_config, **kwargs)
     output_dir.mkdir(parents=True, exist_ok=True)
