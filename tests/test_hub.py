@@ -125,7 +125,8 @@ def test_unreachable_endpoint(hub_at):
     hub_at(endpoint)
     for loader in (LOADERS[0], LOADERS[4]):  # a required file, and the optional files an image processor probes
         message = _unavailable(loader, "dmae-vit-base")
-        assert f"the Hub at {endpoint} could not be reached (network error: ConnectionRefusedError" in message
+        assert f"which is not in the local cache, and the Hub at {endpoint} cannot be reached (connection refused); " \
+               "check the connection or HF_ENDPOINT" in message
         assert "download DMAE-Base (427MB" in message
 
 
@@ -182,6 +183,90 @@ def test_packaged_checkpoint_is_used_when_present(monkeypatch, tmp_path):
     assert all(torch.equal(a, b)
                for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
     assert AutoImageProcessor.from_pretrained("dmae-tiny-cifar10").do_resize is False
+
+
+# ------------------------------------------------------------------------------------- shipped checkpoints by name
+SHIPPED_ROUTES = {
+    "dmae-tiny-cifar10": {
+        "AutoConfig": (AutoConfig, "DMAEConfig"), "AutoModel": (AutoModel, "DMAEModel"),
+        "AutoModelForImageClassification": (AutoModelForImageClassification, "DMAEForSmoothedClassification"),
+        "DMAEForSmoothedClassification": (DMAEForSmoothedClassification, "DMAEForSmoothedClassification"),
+        "AutoImageProcessor": (AutoImageProcessor, "DMAEImageProcessor")},
+    "dmae-tiny-cifar10-denoiser": {
+        "AutoConfig": (AutoConfig, "DMAEConfig"), "AutoModel": (AutoModel, "DMAEModel"),
+        "AutoModelForPreTraining": (transformers.AutoModelForPreTraining, "DMAEForPreTraining"),
+        "DMAEForPreTraining": (dmae_hf.DMAEForPreTraining, "DMAEForPreTraining"),
+        "AutoImageProcessor": (AutoImageProcessor, "DMAEImageProcessor")},
+    "vit-tiny-cifar10-clean": {
+        "AutoConfig": (AutoConfig, "ViTConfig"), "AutoModel": (AutoModel, "ViTModel"),
+        "AutoModelForImageClassification": (AutoModelForImageClassification, "ViTForImageClassification"),
+        "ViTForImageClassification": (transformers.ViTForImageClassification, "ViTForImageClassification"),
+        "AutoImageProcessor": (AutoImageProcessor, "ViTImageProcessor")},
+}
+
+
+@pytest.mark.parametrize("name, route", [(n, r) for n, routes in SHIPPED_ROUTES.items() for r in routes],
+                         ids=lambda v: v)
+def test_every_shipped_checkpoint_loads_by_its_short_name_offline(name, route, tmp_path, monkeypatch):
+    """Issue 21: the classifier, the denoiser and the clean ViT load by name in every route, offline, from any
+    directory (before, `vit-tiny-cifar10-clean` failed with transformers' generic network message)."""
+    assert hub_names.resolve(name) == str(hub_names.packaged_path(name))
+    monkeypatch.chdir(tmp_path)  # nothing of that name here: the packaged copy is what loads
+    loader, expected = SHIPPED_ROUTES[name][route]
+    assert type(loader.from_pretrained(name)).__name__.startswith(expected)  # ViTImageProcessor(Pil)
+
+
+def test_shipped_checkpoints_in_pipelines_by_short_name():
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (120, 60, 30))
+    plain = pipeline("image-classification", model="vit-tiny-cifar10-clean")
+    assert plain(image)[0]["label"] in plain.model.config.id2label.values()
+    for model, denoiser in (("dmae-tiny-cifar10", None), ("vit-tiny-cifar10-clean", "dmae-tiny-cifar10-denoiser")):
+        certifier = pipeline("certified-image-classification", model=model, denoiser=denoiser)
+        out = certifier(image, n0=10, n=50, alpha=0.01, seed=0)
+        assert out["sigma"] == 0.25 and out["denoiser"] == denoiser, out
+
+
+def test_available_models_offers_what_loads_now_and_routes_for_the_rest(hub_at, tmp_path):
+    """Issue 21: the picker's list. Offline with an empty cache only the shipped checkpoints are loadable; a released
+    name fetched once joins them ("cached"); the others come apart, each with its `dmae publish` route."""
+    from dmae_hf.hub.available import available_models
+
+    hub_at(offline=True)
+    models = available_models()
+    shipped = ["dmae-tiny-cifar10", "dmae-tiny-cifar10-denoiser", "vit-tiny-cifar10-clean"]
+    assert [(m.name, m.kind, m.status, m.sigma) for m in models.loadable] == [
+        ("dmae-tiny-cifar10", "classifier", "shipped", 0.25),
+        ("dmae-tiny-cifar10-denoiser", "denoiser", "shipped", None),
+        ("vit-tiny-cifar10-clean", "classifier", "shipped", None)]
+    assert [m.name for m in models.elsewhere] == [n for n in hub_names.SHORT_NAMES if n not in shipped]
+    assert all(m.status == "not cached" and not m.loadable and "`dmae publish <" in m.hint for m in models.elsewhere)
+    for m in models.loadable:  # every loadable name really loads offline
+        AutoConfig.from_pretrained(m.name)
+
+    with FakeHub() as hub:  # publish one classifier, fetch it once: it is then cached
+        hub_at(hub.endpoint)
+        model = DMAEForSmoothedClassification(DMAEConfig.from_preset("tiny", num_labels=10, smoothing_sigma=0.25))
+        model.save_pretrained(tmp_path / "ckpt")
+        hub.repos[f"dmae-hf/{CLASSIFIER}"] = hub_server.Repo()
+        hub.repos["dmae-hf/dmae-vit-large"] = hub_server.Repo()  # published, never fetched
+        hub.commit(f"dmae-hf/{CLASSIFIER}", {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()})
+        hub.commit("dmae-hf/dmae-vit-large", {"config.json": b"{}"})
+        DMAEForSmoothedClassification.from_pretrained(CLASSIFIER)
+        asked = {m.name: m for m in available_models(ask_hub=True).elsewhere}
+        assert ("GET", "/api/models") in hub.requests
+        large = asked["dmae-vit-large"]
+        assert large.status == "download" and "loading it downloads it" in large.hint
+        assert asked["dmae-vit-base"].status == "unpublished"
+        assert "download DMAE-Base (427MB" in asked["dmae-vit-base"].hint
+        assert asked["dmae-vit-base-sigma0.5"].hint.endswith("`dmae publish <classifier .pth>=dmae-vit-base-sigma0.5`")
+    hub_at(offline=True)  # the same cache, offline
+    models = available_models(ask_hub=True)  # offline: the Hub is not asked
+    assert [m.name for m in models.loadable] == shipped + [CLASSIFIER]
+    assert models.loadable[-1].status == "cached" and models.loadable[-1].sigma == 0.25
+    assert {m.status for m in models.elsewhere} == {"not cached"}
+    AutoConfig.from_pretrained(CLASSIFIER)  # offline, from the cache
 
 
 # ------------------------------------------------------------------------------------------------------ load report
