@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from . import sequential
 from .defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
 from .sampling import (
     ESTIMATION,
@@ -43,6 +42,8 @@ from .sampling import (
     mix_seed,
     prepare_inputs,
 )
+from .sequential import estimate as sequential_estimate
+from .sequential import options as sequential_options
 
 __all__ = ["NOISE_BLOCK", "Certificate", "Prediction", "add_gaussian_noise", "certify", "clopper_pearson_lower",
            "clopper_pearson_upper", "look_schedule", "mix_seed", "predict", "radius_from_bound"]
@@ -309,5 +310,5 @@ def _stops(nA, look, n, level, sigma, targets, radius_tolerance, estimate_tolera
 
 
 # method -> its estimation step (cohen's is written out in `certify`) and the parser of its options
-ESTIMATORS = {"adaptive": _adaptive, "sequential": sequential.estimate}
-OPTION_PARSERS = {"adaptive": _adaptive_options, "sequential": sequential.options}
+ESTIMATORS = {"adaptive": _adaptive, "sequential": sequential_estimate}
+OPTION_PARSERS = {"adaptive": _adaptive_options, "sequential": sequential_options}
