@@ -23,6 +23,7 @@ import dmae_hf
 from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcessor
 from dmae_hf.hub import names as hub_names
 from dmae_hf.hub.model_card import default_config, render_model_card, write_all_cards
+from dmae_hf.smoothed_classifier import SmoothedClassifier
 
 CLASSIFIER = "dmae-vit-base-sigma0.25"
 
@@ -257,6 +258,8 @@ def test_shipped_checkpoints_in_pipelines_by_short_name():
         certifier = pipeline("certified-image-classification", model=model, denoiser=denoiser)
         out = certifier(image, n0=10, n=50, alpha=0.01, seed=0)
         assert out["sigma"] == 0.25 and out["denoiser"] == denoiser, out
+        g = SmoothedClassifier.from_pretrained(model, denoiser=denoiser)  # the one certifier, by name too
+        assert g.sigma == 0.25 and g.denoiser_name == denoiser and g.id2label[3] == "cat"
 
 
 def test_available_models_offers_what_loads_now_and_routes_for_the_rest(hub_at, tmp_path):
@@ -476,8 +479,8 @@ def test_convert_push_and_load_by_short_name(tmp_path):
         assert report["sigma"] == 0.25 and report["label3"] == "cat"
         certificate = report["pipeline"]  # the pipeline certified the photo with the pushed classifier
         assert set(certificate) == {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n",
-                                    "alpha", "resolution", "denoiser"}
-        assert certificate["sigma"] == 0.25 and certificate["n"] == 100
+                                    "alpha", "resolution", "denoiser", "sigma_override", "shrink", "note", "caveat"}
+        assert certificate["sigma"] == 0.25 and certificate["n"] == 100 and not certificate["sigma_override"]
 
         # what the Hub received: safetensors weights (no pickles), configs, processor config and the rendered card
         for repo_id, card_name in (("tester/dmae-vit-base", "dmae-vit-base"),

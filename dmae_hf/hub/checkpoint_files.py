@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..modeling_dmae import non_finite_tensors
+from ..load_report import non_finite_tensors
 
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the first pickle of a legacy torch.save
 _PARSE_LIMIT = 10_000_000  # opcodes parsed before a pickle is taken as complete
