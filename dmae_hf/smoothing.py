@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import beta, binomtest, norm
 
+from . import sequential
 from .defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
 from .sampling import (
     ESTIMATION,
@@ -307,5 +308,6 @@ def _stops(nA, look, n, level, sigma, targets, radius_tolerance, estimate_tolera
     return budget_spent or hopeless or targets_settled or within_radius_tolerance or within_estimate_tolerance
 
 
-ESTIMATORS = {"adaptive": _adaptive}  # method -> estimation step (cohen is written out in `certify`)
-OPTION_PARSERS = {"adaptive": _adaptive_options}
+# method -> its estimation step (cohen's is written out in `certify`) and the parser of its options
+ESTIMATORS = {"adaptive": _adaptive, "sequential": sequential.estimate}
+OPTION_PARSERS = {"adaptive": _adaptive_options, "sequential": sequential.options}

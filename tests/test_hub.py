@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import hub_server
-import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers
@@ -84,6 +83,38 @@ LOADERS = [lambda n: dmae_hf.DMAEForPreTraining.from_pretrained(n), lambda n: Au
            lambda n: pipeline("certified-image-classification", model=n)]
 LOADER_IDS = ["DMAEForPreTraining", "AutoConfig", "AutoModel", "AutoModelForImageClassification",
               "AutoImageProcessor", "pipeline"]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("DMAE-TINY-CIFAR10", r"^'DMAE-TINY-CIFAR10' is a wrongly cased short name: did you mean 'dmae-tiny-cifar10'\? "
+                          r"Short names are lower case"),
+    ("Dmae-Vit-Base", r"'Dmae-Vit-Base' is a wrongly cased short name: did you mean 'dmae-vit-base'\?"),
+    ("VIT-TINY-CIFAR10-CLEAN", r"did you mean 'vit-tiny-cifar10-clean'\?"),
+    ("dmae-tiny-cifar", r"^Unknown DMAE short name 'dmae-tiny-cifar'\. Did you mean 'dmae-tiny-cifar10'\? Known"),
+    ("DMAE-VIT-HUGE", r"^Unknown DMAE short name 'DMAE-VIT-HUGE'\."),
+], ids=["upper case", "title case", "shipped ViT", "near miss", "unknown, upper case"])
+@pytest.mark.parametrize("loader", LOADERS[:5], ids=LOADER_IDS[:5])
+def test_wrongly_cased_or_near_miss_names_are_told_offline(name, message, loader):
+    """Issue 23: offline, "DMAE-TINY-CIFAR10" blamed the network; it is a wrongly cased short name."""
+    with pytest.raises(hub_names.UnknownShortNameError, match=message) as info:
+        loader(name)
+    assert "\n" not in str(info.value) and "connect" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["a/b", "org name", "-org", "a..b", "x" * 97, "org/"])
+def test_a_bad_namespace_variable_is_named(monkeypatch, value):
+    """Issue 23: DMAE_HF_NAMESPACE=a/b gave a plain OSError; it is a ValueError naming the variable."""
+    from dmae_hf.hub.available import available_models
+
+    monkeypatch.setenv(hub_names.NAMESPACE_ENV, value)
+    message = rf"^DMAE_HF_NAMESPACE='{re.escape(value)}' is not a Hub user or organisation name"
+    for call in (lambda: hub_names.resolve("dmae-vit-base"), lambda: AutoConfig.from_pretrained("dmae-vit-base"),
+                 lambda: dmae_hf.DMAEForPreTraining.from_pretrained("dmae-vit-large"), available_models):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert hub_names.resolve("dmae-tiny-cifar10").endswith("dmae-tiny-cifar10")  # shipped: no namespace needed
+    monkeypatch.setenv(hub_names.NAMESPACE_ENV, "my-org.v2")
+    assert hub_names.resolve("dmae-vit-base") == "my-org.v2/dmae-vit-base"
 
 
 def _unavailable(loader, name) -> str:
@@ -417,9 +448,9 @@ CLIENT = textwrap.dedent('''
 ''')
 
 
-def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
-    table = pq.read_table(data_dir / "imagenet-sample" / "data" / "validation-00000-of-00001.parquet")
-    (tmp_path / "image.jpg").write_bytes(table.column("image")[0].as_py()["bytes"])
+def test_convert_push_and_load_by_short_name(tmp_path):
+    photo = REPO_ROOT / "dmae_hf" / "assets" / "imagenet" / "val_00000_bull_mastiff.jpg"  # a bundled ImageNet photo
+    (tmp_path / "image.jpg").write_bytes(photo.read_bytes())
     torch.save({"model": official_checkpoint("pretraining", dim=32, depth=2, patch=8, image=32, dec_dim=32,
                                              dec_depth=1)}, tmp_path / "pretrain.pth")
     torch.save({"model": official_checkpoint("classifier", dim=32, depth=2, patch=8, image=32)},

@@ -198,3 +198,19 @@ def test_cached_repositories_still_load_with_the_hub_unreachable(hub_at, tmp_pat
     with pytest.raises(reach.HubUnreachableError, match=r"^Model 'someone/config-only' is in the local cache without "
                        r"model\.safetensors and needs the Hugging Face Hub, and the Hub at .* cannot be reached"):
         DMAEForSmoothedClassification.from_pretrained("someone/config-only")  # weights never fetched
+
+
+def test_push_to_hub_fails_before_any_work_when_the_hub_cannot_be_reached(hub_at, tmp_path):
+    """(`dmae publish` is refused the same way: tests/test_publish.py.)"""
+    import torch
+    from test_convert import tiny_sd
+
+    from dmae_hf.hub.convert import convert
+
+    torch.save({"model": tiny_sd()}, tmp_path / "pre.pth")
+    endpoint = closed_port_endpoint()
+    hub_at(endpoint)
+    with pytest.raises(reach.HubUnreachableError, match=rf"^--push-to-hub org/x needs the Hugging Face Hub, and the "
+                       rf"Hub at {endpoint} cannot be reached \(connection refused\)\. Convert without"):
+        convert(tmp_path / "pre.pth", tmp_path / "out", preset="tiny", push_to_hub="org/x")
+    assert not (tmp_path / "out").exists()
