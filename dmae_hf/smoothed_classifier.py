@@ -275,8 +275,8 @@ class SmoothedClassifier(nn.Module):
         if shrink is None or shrink <= MAX_SHRINK:
             return None
         size = "" if self.input_size is None else f"{self.input_size[0]}x{self.input_size[1]} "
-        return (f"The image was reduced {shrink:.1f}x on a side to reach the model's {size}input: the certificate "
-                "is about that small image, which may have lost what the original shows.")
+        return (f"The image was shrunk {shrink:.1f}x on a side (resized and cropped) to reach the model's {size}"
+                "input: the certificate is about that small image, which may have lost what the original shows.")
 
     # ------------------------------------------------------------------------------------------------------------ f
     def forward(self, noisy_pixel_values: torch.Tensor) -> torch.Tensor:

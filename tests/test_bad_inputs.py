@@ -248,7 +248,7 @@ CASES = [
                                       preset="tiny", sigma=0.25),
      CheckpointError, r"1 tensor\(s\) with NaN or Inf values: \['head\.weight'\]"),
     ("--sigma -1", lambda t: convert(t / "missing.pth", t / "o2", sigma=-1.0), CheckpointError,
-     "--sigma must be a finite noise level >= 0"),
+     r"--sigma must be a number in \[0, 1\]"),
     ("--sigma NaN", lambda t: convert(t / "missing.pth", t / "o3", sigma=NAN), CheckpointError, "--sigma must be"),
     ("--sigma 0, classifier", lambda t: convert(checkpoint(t, "c.pth"), t / "o4", preset="tiny", sigma=0.0),
      CheckpointError, "pass --sigma > 0"),
