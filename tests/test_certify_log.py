@@ -19,7 +19,7 @@ from test_cli import FAST, certify_args, subprocess_env, without_time, write_hub
 from test_pipeline import build_classifier
 
 from dmae_hf import defaults
-from dmae_hf.certification.dataset import HEADER, LogWriter, read_rows
+from dmae_hf.certification.log import HEADER, LogWriter, read_rows
 from dmae_hf.cli import build_parser, main
 
 MISSING_MODEL = "no/such-model-dir"  # loading it would fail: a refusal that names --out came first
@@ -233,7 +233,7 @@ def test_dataset_images_above_max_pixels_are_refused_before_decoding(monkeypatch
 
     from PIL import Image
 
-    from dmae_hf.certification.dataset import decode_image
+    from dmae_hf.image_processing_dmae import decode_image
 
     buffer = _io.BytesIO()
     Image.new("RGB", (120, 100)).save(buffer, format="PNG")

@@ -20,7 +20,9 @@ from test_pipeline import CIFAR10_LABELS, build_classifier
 
 from dmae_hf import DMAEForSmoothedClassification, DMAEImageProcessor
 from dmae_hf.certification.analysis import read_log
-from dmae_hf.certification.dataset import HEADER, LogWriter, format_row, image_seed, merge_logs, read_rows, shard_path
+from dmae_hf.certification.dataset import image_seed
+from dmae_hf.certification.log import HEADER, LogWriter, format_row, read_rows, shard_path
+from dmae_hf.certification.ranks import merge_logs
 from dmae_hf.cli import main
 
 FAST = ["--n0", "10", "--n", "50", "--batch", "1000", "--alpha", "0.001", "--seed", "0"]
