@@ -283,7 +283,7 @@ def test_predict_prints_json(classifier_dir, cifar10_test_images, tmp_path, caps
     assert main(["predict", str(tmp_path / "car.png"), str(tmp_path / "missing.png"), "--model",
                  str(classifier_dir), "--n", "100"]) == 1
     captured = capsys.readouterr()
-    assert "car.png: " in captured.out and "missing.png: No image file" in captured.err
+    assert "car.png: " in captured.out and "missing.png: No such file or folder" in captured.err
 
 
 @pytest.mark.timeout(300)

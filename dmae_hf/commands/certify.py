@@ -24,7 +24,7 @@ from . import (
     load_smoothed_classifier,
 )
 
-EXAMPLE = "dmae certify bundled:cifar10 --n 1000 --out certify.tsv && dmae analyze certify.tsv"
+EXAMPLE = "dmae certify bundled:cifar10 --n 100 --out certify.tsv && dmae analyze certify.tsv"
 
 
 def register(subparsers):
@@ -37,7 +37,7 @@ def register(subparsers):
                     "Writes `idx label predict radius correct time pA_lower samples` rows (predict -1 = abstain, "
                     "label -1 = unlabelled). Nothing is written until the inputs, the model and the options are "
                     "checked. Resumable; one run per log (LOG.lock); multi-process under torchrun/accelerate launch.",
-        epilog=f"example (offline, about a minute on a CPU):\n  {EXAMPLE}")
+        epilog=f"example (offline, under a minute on a CPU):\n  {EXAMPLE}")
     add_input_arguments(parser)
     parser.add_argument("--model", default=EMBEDDED_MODEL, help="image classifier: directory, Hub id or short name "
                         "(e.g. dmae-tiny-cifar10, or any AutoModelForImageClassification checkpoint with --sigma)")

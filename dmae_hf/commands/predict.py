@@ -25,7 +25,7 @@ from . import (
     load_smoothed_classifier,
 )
 
-EXAMPLE = "dmae predict bundled:imagenet --n 1000"
+EXAMPLE = "dmae predict bundled:imagenet --n 100"
 
 
 def register(subparsers):
