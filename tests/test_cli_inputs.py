@@ -6,6 +6,7 @@ The runs use the embedded model with a few samples per image, so each takes seco
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -157,7 +158,7 @@ def test_an_unreachable_hub_id_fails_in_seconds_with_one_line(tmp_path, capsys, 
 # ------------------------------------------------------------------------------------------- nothing written
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("args, message", [
-    ([str("missing.png")], "No such file or folder: 'missing.png'"),
+    (["missing.png"], "No such file or folder: 'missing.png'"),
     (["bundled:cifar10", "--model", "./no-such-model"], "no-such-model"),
     (["bundled:cifar10", "--n", "0"], r"n must be an integer >= 1, got 0"),
     (["bundled:cifar10", "--n0", "200", "--n", "100"], r"n0 \(200\) must not exceed n \(100\)"),
@@ -170,7 +171,7 @@ def test_an_unreachable_hub_id_fails_in_seconds_with_one_line(tmp_path, capsys, 
 def test_a_refused_run_leaves_no_file(args, message, tmp_path, capsys):
     out = tmp_path / "runs" / "c.tsv"
     assert main(["certify", *TINY, *args, "--out", str(out)]) == 2
-    assert __import__("re").search(message, one_line_error(capsys))
+    assert re.search(message, one_line_error(capsys))
     assert list(tmp_path.iterdir()) == []  # no log, LOG.json, LOG.lock, nor the folder for them
 
 
