@@ -10,8 +10,7 @@ sorted by `idx` (the image's number in the input):
 - `radius` (L2, [0, 1] pixel units) and `pA_lower` are rounded *down* to 6 decimals, so a printed radius never
   exceeds the certified one (Cohen's logs print 3 significant digits, which can round 0.2496 up to 0.25);
 - `correct` is 1 when `predict == label` (never for an abstention or an unlabelled image), `time` the seconds spent
-  on the image, and `samples` the forward samples drawn (n0 + n for Cohen's method, fewer when the adaptive method
-  stops early).
+  on the image, and `samples` the forward samples drawn (n0 + n for Cohen's method, fewer for the adaptive one).
 
 How the files behave:
 
@@ -25,10 +24,9 @@ How the files behave:
   on the same log is refused at once, naming the holder.
 - **Refused, never overwritten or mixed**: an existing `LOG` that is not a certification log (another header, a
   directory, a device), a `LOG.json` that is not a settings file, rows without `LOG.json`, a malformed complete row
-  (reported with file and line number), and an unusable location (under a file, unwritable, full). `check_log`
-  finds all but the last without writing anything, so a run refuses before it creates a file.
-- **Nothing left by a failed run.** A run that fails before its first row removes the files it created (log,
-  `LOG.json`, `LOG.lock`); a write error names the file, and no `*.tmp` stays behind.
+  (reported with file and line number), a busy log, and an unusable location (under a file, unwritable, full).
+  `check_log` finds them without writing, except a full disk: a run that fails before its first row removes the
+  files it created (log, `LOG.json`, `LOG.lock`), a write error names the file, and no `*.tmp` stays behind.
 """
 
 from __future__ import annotations
@@ -185,18 +183,13 @@ def shard_paths(out) -> list[Path]:
 
 
 # -------------------------------------------------------------------------------------------------------- settings
-def settings_path(out) -> Path:
-    return Path(f"{out}.json")
-
-
 def check_settings(out, settings: dict, has_rows: bool) -> None:
     """Refuse to resume a log written with other certification settings (`LOG.json` records them); writes nothing.
 
     Rows without `LOG.json`, or a `LOG.json` that is not a settings file, are refused. Only the `model` entry is
     informative: the same checkpoint can be spelled in several ways, so it is not compared.
     """
-    path = settings_path(out)
-    saved = None
+    path, saved = Path(f"{out}.json"), None
     if path.exists():
         try:
             saved = json.loads(path.read_text())
@@ -233,10 +226,30 @@ def check_location(out) -> Path:
     return out
 
 
+def _in_use(log, lock: Path, fd: int) -> ValueError:
+    holder = os.pread(fd, 200, 0).decode("utf-8", errors="replace").strip() or "holder not recorded yet"
+    return ValueError(f"{log} is in use by another run ({holder}; lock file {lock}), and two writers would lose "
+                      f"rows. Wait for that run to end (or stop it), or choose another --out.")
+
+
 def check_log(out, settings: dict | None = None) -> set[int]:
-    """Everything about `out` that can be checked without writing: its location, the log and its shards (each a
-    certification log), and `LOG.json` against `settings` (when given). Returns the indices already certified."""
+    """Everything about `out` that can be checked without writing: its location, whether another run holds it (its
+    locks, opened read-only), the log and its shards (each a certification log), and `LOG.json` against `settings`
+    (when given). Returns the indices already certified."""
     out = check_location(out)
+    for lock in [Path(f"{out}.lock"), *(Path(f"{p}.lock") for p in shard_paths(out))]:
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue  # no lock file: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(out, lock, fd) from None
+        except OSError:
+            pass  # a file system without locks: found when the run takes the lock
+        finally:
+            os.close(fd)
     done = set()
     for path in [out, *shard_paths(out)]:
         done.update(read_rows(path))
@@ -262,11 +275,9 @@ class LogLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self.fd, 200, 0).decode("utf-8", errors="replace").strip() or "holder not recorded yet"
+            error = _in_use(log, self.path, self.fd)
             os.close(self.fd)
-            raise ValueError(f"{log} is in use by another run ({holder}; lock file {self.path}), and two writers "
-                             f"would lose rows. Wait for that run to end (or stop it), or choose another "
-                             f"--out.") from None
+            raise error from None
         except OSError as error:
             self.release(unlink=self.created)
             raise write_error(self.path, error, "this file system cannot lock files: choose --out on a local "
@@ -286,26 +297,22 @@ class LogLock:
         os.close(self.fd)  # closing the last descriptor releases the flock
 
 
-def run_here(step) -> None:
-    """The `agree` of a single process: run `step`."""
-    step()
-
-
 class CertificationLog:
     """The files of the log `out`, owned by this run (every process of it) until `close()`.
 
     Opening takes the locks (rank 0: `LOG.lock` and the leftover shards of earlier runs; rank r of a sharded run:
     `LOG.rank{r}.lock`), reads the finished rows (`done`), checks `settings` against `LOG.json` (rank 0 writes it
-    when the log has no rows yet) and opens this process's writer. It starts no process group: `agree(step)` runs
-    each step, and in a run of several processes (`ranks.Ranks.agree`) makes it fail in all of them if it fails in
+    when the log has no rows yet) and opens this process's writer. It starts no process group: with several
+    processes, `agree(step)` (`ranks.Ranks.agree`) runs each step and makes it fail in all of them if it fails in
     one. `sharded`: this process writes `LOG.rank{rank}` (merged by `ranks.Ranks.merge`), else rank 0 writes `LOG`.
     """
 
-    def __init__(self, out, settings: dict, *, rank=0, world_size=1, sharded=False, agree=run_here):
+    def __init__(self, out, settings: dict, *, rank=0, world_size=1, sharded=False, agree=None):
         self.out, self.rank, self.world_size, self.sharded = Path(out), rank, world_size, sharded
         self.own = shard_path(out, rank) if sharded else self.out
         self.locks, self.shards, self.writer, self.done, self.created = [], [], None, set(), []
         self.rows_at_start, self.opened = None, False
+        agree = agree or (lambda step: step())  # one process: just run each step
         try:
             agree(self._lock)
             agree(self._read)
@@ -342,7 +349,7 @@ class CertificationLog:
     def _settings(self, settings: dict) -> None:
         check_settings(self.out, settings, has_rows=bool(self.done))
         if self.rank == 0 and not self.done:
-            path = settings_path(self.out)
+            path = Path(f"{self.out}.json")
             if not path.exists():
                 self.created.insert(0, path)
             atomic_write(path, json.dumps(settings, indent=1) + "\n")
@@ -361,8 +368,8 @@ class CertificationLog:
 
     def close_writer(self) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            self.writer, writer = None, self.writer
+            writer.close()
 
     def close(self, failed: bool = False) -> None:
         """Release the locks (idempotent); shard lock files are removed by their holders. `failed=True` after an
