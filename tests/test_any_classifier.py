@@ -21,7 +21,8 @@ from transformers import (
 )
 
 from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEImageProcessor, SmoothedClassifier, smoothing
-from dmae_hf.certification.dataset import image_seed, read_rows
+from dmae_hf.certification.dataset import image_seed
+from dmae_hf.certification.log import read_rows
 from dmae_hf.cli import main
 
 TASK = "certified-image-classification"

@@ -125,7 +125,7 @@ LAYERS = [
     ["dmae_hf.defaults"],
     ["dmae_hf.configuration_dmae", "dmae_hf.modeling_dmae", "dmae_hf.image_processing_dmae", "dmae_hf.smoothing",
      "dmae_hf.sampling", "dmae_hf.sequential", "dmae_hf.input_checks", "dmae_hf.load_report", "dmae_hf.remote_code",
-     "dmae_hf.images", "dmae_hf.image_datasets", "dmae_hf.hub.reach"],
+     "dmae_hf.image_datasets", "dmae_hf.hub.reach"],
     ["dmae_hf.smoothed_classifier"],
     ["dmae_hf.pipeline_dmae"],
     ["dmae_hf.certification", "dmae_hf.hub", "dmae_hf.training"],

@@ -60,7 +60,7 @@ def run_real(args) -> None:
 
     from dmae_hf.certification.dataset import image_seed
     from dmae_hf.defaults import EMBEDDED_MODEL
-    from dmae_hf.images import load_image_split
+    from dmae_hf.image_datasets import load_image_split
     from dmae_hf.smoothed_classifier import SmoothedClassifier
 
     g = SmoothedClassifier.from_pretrained(EMBEDDED_MODEL)
