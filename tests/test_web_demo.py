@@ -240,8 +240,8 @@ def test_browser_pushed_space_certifies_an_upload_and_rejects_a_non_image(tmp_pa
                "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
     server = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=app_env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    upload = tmp_path / "horse.png"  # a CIFAR-10 test image under a name of the visitor's
-    Image.open(ASSETS / "test_00017_horse.png").save(upload)
+    upload = tmp_path / "dog.png"  # a CIFAR-10 test image under a name of the visitor's
+    Image.open(ASSETS / "test_00015_dog.png").save(upload)
     bad = tmp_path / "notes.png"
     bad.write_text("this is not an image")
     driver = None
