@@ -145,6 +145,7 @@ CASES = [
     ("sigma NaN", lambda t: run_certify(sigma=NAN), ValueError, "sigma must be a (finite )?number"),
     ("sigma bool", lambda t: run_certify(sigma=True), ValueError, "sigma must be"),
     ("sigma str", lambda t: run_certify(sigma="0.25"), ValueError, "sigma must be"),
+    ("sigma 10**400", lambda t: run_certify(sigma=10**400), ValueError, r"sigma is far above 1: .*\(0, 1\]"),
     ("alpha NaN", lambda t: run_certify(alpha=NAN), ValueError, r"alpha must be in \(0, 1\)"),
     ("n float", lambda t: run_certify(n=100.5), ValueError, "n must be an integer >= 1"),
     ("n0 bool", lambda t: run_certify(n0=True), ValueError, "n0 must be an integer"),
