@@ -37,6 +37,7 @@ DEMO_N = 1000
 METHODS = {
     "cohen": (),
     "adaptive": ("first_look", "target_radius", "radius_tolerance", "estimate_tolerance"),
+    "sequential": ("first_look", "target_radius", "radius_tolerance"),
 }
 
 

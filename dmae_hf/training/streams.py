@@ -50,14 +50,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..image_datasets import dataset_not_found, load_image_split
 from ..image_processing_dmae import DMAEImageProcessor, decode_image
-from ..images import dataset_not_found, load_image_split
 
 
 def load_image_stream(path: str, split: str = "train", image_column: str | None = None,
                       label_column: str | None = "label", token: str | bool | None = None, streaming: bool = True):
-    """`dmae_hf.images.load_image_split` (the reader `dmae certify` uses too: one rule finds the image column, the
-    images stay encoded, clear errors before any training) with the columns renamed to `image`/`label`.
+    """`dmae_hf.image_datasets.load_image_split` (the reader `dmae certify` uses too: one rule finds the image
+    column, the images stay encoded, clear errors before any training) with the columns renamed to `image`/`label`.
     `label_column=None` keeps images only."""
     ds, image_column, label_column = load_image_split(path, split, image_column, label_column, token=token,
                                                       streaming=streaming)
@@ -132,8 +132,8 @@ class ImageDecoder:
         self.num_labels = num_labels
 
     def decode(self, image) -> np.ndarray:
-        """An image value (see `dmae_hf.images.decode_image`) -> `uint8` (3, H, W), resized and cropped by the
-        processor."""
+        """An image value (see `dmae_hf.image_processing_dmae.decode_image`) -> `uint8` (3, H, W), resized and
+        cropped by the processor."""
         return self.processor.to_array(self.processor.resize_and_crop(decode_image(image)), rescale=False)
 
     def __call__(self, example: dict) -> dict:

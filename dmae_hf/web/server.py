@@ -1,0 +1,242 @@
+# Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
+"""What the server lets a visitor do, decided once when it starts: the models and denoisers on offer, and the cost of
+one request.
+
+The page is meant for the open internet (a public Space), where any visitor can call its HTTP API directly. So a
+visitor only ever picks a name from the lists below; the server maps it to what it loads (a packaged checkpoint, a
+Hub id in the local cache, a local folder the operator named). Anything else, on any endpoint, gets `REFUSED`, one
+message that is the same whatever was sent and whatever exists on the server, and nothing a visitor sends is opened
+as a path or fetched from the Hub.
+
+    >>> settings = ServerSettings.build(models=["me/my-vit"], denoisers=["dmae-tiny-cifar10-denoiser"])
+    >>> settings.source("dmae-tiny-cifar10")          # what g loads for that choice
+    >>> settings.source("../../etc")                   # ValueError(REFUSED)
+
+Offered by default: the checkpoints shipped in the package and the released short names already in the local Hub
+cache. `dmae serve --model ... --denoiser ...` (or the Space's settings, `$DMAE_SERVE_MODELS` and
+`$DMAE_SERVE_DENOISERS`, comma-separated) add short names, Hub ids and local folders; a Hub id that is not cached is
+downloaded when the server starts. Released names that are not here (they need a download, or are not published yet)
+are listed apart on the page with the route to publish them.
+"""
+
+import logging
+import math
+import numbers
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import defaults
+
+logger = logging.getLogger(__name__)
+
+REFUSED = "This server does not offer that choice: pick a model and a denoiser from the lists on the page."
+NO_DENOISER = "none"
+ENV = {"models": "DMAE_SERVE_MODELS", "denoisers": "DMAE_SERVE_DENOISERS", "max_samples": "DMAE_SERVE_MAX_SAMPLES",
+       "max_seconds": "DMAE_SERVE_MAX_SECONDS", "concurrency": "DMAE_SERVE_CONCURRENCY",
+       "max_queue": "DMAE_SERVE_MAX_QUEUE"}
+
+# The limits of one request, sized for a free CPU Space (2 vCPUs, 16 GB), where one visitor's request makes every
+# other wait. The embedded 32x32 model votes on several hundred to about a thousand noisy samples a second there, so
+# MAX_SAMPLES (n0 + n) covers the library's default n = 10,000 and answers within about 20 s at most; MAX_SECONDS
+# stops a slower model (a ViT-B at 224x224 manages tens of samples a second on such a CPU) before it holds the
+# server for long. One certification at a time: two would only share the same two cores. MAX_QUEUE visitors may wait
+# (at most about MAX_QUEUE * MAX_SECONDS), and more are turned away at once instead of piling up.
+MAX_SAMPLES = 20_000
+MAX_SECONDS = 60.0
+CONCURRENCY = 1
+MAX_QUEUE = 10
+MAX_UPLOAD_BYTES = 20_000_000
+MAX_UPLOAD_PIXELS = 50_000_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost (see the constants above). `max_samples` counts n0 + n; `max_seconds` the sampling
+    time, after which the request stops its work and says so."""
+
+    max_samples: int = MAX_SAMPLES
+    max_seconds: float = MAX_SECONDS
+    concurrency: int = CONCURRENCY
+    max_queue: int = MAX_QUEUE
+    max_bytes: int = MAX_UPLOAD_BYTES
+    max_pixels: int = MAX_UPLOAD_PIXELS
+
+    def __post_init__(self):
+        for name in ("max_samples", "concurrency", "max_queue", "max_bytes", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}.")
+        seconds = self.max_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds < math.inf:
+            raise ValueError(f"max_seconds must be a positive number of seconds, got {seconds!r}.")
+
+    def describe(self) -> str:
+        at_once = "one certification" if self.concurrency == 1 else f"{self.concurrency} certifications"
+        return (f"at most {self.max_samples:,} noisy samples (n0 + n) and {self.max_seconds:g} s of sampling per "
+                f"request; {at_once} at a time, with up to {self.max_queue} more waiting")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The allow-list and the limits. `models` / `denoisers`: shown name -> what g loads; `unavailable`: shown name
+    -> why it cannot be loaded now and how to make it loadable."""
+
+    models: dict = field(default_factory=dict)
+    denoisers: dict = field(default_factory=dict)
+    unavailable: dict = field(default_factory=dict)
+    limits: Limits = Limits()
+    selected: str = defaults.EMBEDDED_MODEL
+
+    @classmethod
+    def build(cls, models=(), denoisers=(), limits: Limits | None = None, environ=None, **limit_values):
+        """The shipped and cached checkpoints, plus `models` and `denoisers` (short names, Hub ids, local folders);
+        each list defaults to the Space's setting in `environ` (default `os.environ`), and so does each limit not
+        given in `limit_values` (max_samples, max_seconds, concurrency, max_queue). The first of `models` is the one
+        selected when the page opens (default: the embedded model)."""
+        environ = os.environ if environ is None else environ
+        models = list(models) or _split(environ.get(ENV["models"]))
+        denoisers = list(denoisers) or _split(environ.get(ENV["denoisers"]))
+        if limits is None:
+            for name in ("max_samples", "max_seconds", "concurrency", "max_queue"):
+                if limit_values.get(name) is None and environ.get(ENV[name]):
+                    limit_values[name] = _number(ENV[name], environ[ENV[name]])
+            limits = Limits(**{k: v for k, v in limit_values.items() if v is not None})
+        offered = {"classifier": {}, "denoiser": {}}
+        unavailable = {}
+        for name, kind, source in _shipped() + _released():
+            if source is not None:
+                offered[kind][name] = source
+            else:
+                unavailable[name] = _howto(name)
+        for kind, names in (("classifier", models), ("denoiser", denoisers)):
+            for name in names:
+                source, why = _operator_choice(name)
+                if source is None:
+                    logger.warning(f"dmae serve: {name} is not offered: {why}")
+                    unavailable[name] = why
+                else:
+                    offered[kind][name] = source
+                    unavailable.pop(name, None)
+        selected = next((m for m in models if m in offered["classifier"]), defaults.EMBEDDED_MODEL)
+        if selected not in offered["classifier"]:
+            selected = next(iter(offered["classifier"]))
+        return cls(offered["classifier"], offered["denoiser"], unavailable, limits, selected)
+
+    def source(self, name, kind: str = "classifier"):
+        """What g loads for the shown `name` (None for no denoiser), or `ValueError(REFUSED)` for any other value."""
+        if kind == "denoiser" and name in (None, NO_DENOISER):
+            return None
+        table = self.models if kind == "classifier" else self.denoisers
+        if not isinstance(name, str) or name not in table:
+            raise ValueError(REFUSED)
+        return table[name]
+
+
+# ------------------------------------------------------------------------------------------------------------ sources
+def _shipped():
+    """(name, kind, packaged folder) of each checkpoint shipped in the package."""
+    import json
+
+    from ..hub.names import PACKAGED_CHECKPOINTS
+
+    found = []
+    for folder in sorted(PACKAGED_CHECKPOINTS.iterdir()):
+        if (folder / "config.json").is_file():
+            architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+            kind = "denoiser" if "DMAEForPreTraining" in architectures else "classifier"
+            found.append((folder.name, kind, str(folder)))
+    found.sort(key=lambda item: item[0] != defaults.EMBEDDED_MODEL)
+    return found
+
+
+def _released():
+    """(name, kind, source or None) of each released short name not shipped: the name when the local Hub cache
+    holds it, else None (it needs a download, or is not published yet)."""
+    from ..hub.names import SHORT_NAMES, packaged_path, repo_id
+
+    return [(m.name, "classifier" if m.kind == "classifier" else "denoiser",
+             m.name if _cached(repo_id(m.name)) else None)
+            for m in SHORT_NAMES.values() if packaged_path(m.name) is None]
+
+
+def _howto(name: str) -> str:
+    from ..hub.names import howto, repo_id
+
+    return (f"not in this server's Hub cache ({repo_id(name)} needs a download, or is not published yet). "
+            + howto(name))
+
+
+def _operator_choice(name: str):
+    """(source, None), or (None, why) for a name the operator gave; a local path that does not exist is an error."""
+    from ..hub.names import SHORT_NAMES, looks_like_short_name, packaged_path, repo_id
+
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"A model or denoiser to offer must be a short name, Hub id or folder, got {name!r}.")
+    if os.path.isdir(name):
+        return str(Path(name).resolve()), None
+    if looks_like_short_name(name):
+        if name not in SHORT_NAMES:
+            raise ValueError(f"{name!r} is not a folder here nor a known short name "
+                             f"({', '.join(SHORT_NAMES)}).")
+        if packaged_path(name) is not None:
+            return str(packaged_path(name)), None
+        target = repo_id(name)
+    elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        target = name
+    else:
+        raise ValueError(f"{name!r} is neither an existing folder nor a Hub id (namespace/name).")
+    if _cached(target) or _download(target):
+        return name, None
+    reason = _hub_unreachable()
+    return None, (f"{target} is not in this server's Hub cache and could not be downloaded"
+                  + (f" ({reason})" if reason else "") + ".")
+
+
+def _cached(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _download(repo: str) -> bool:
+    """Fetch the operator's Hub model into the cache at start (weights, configs, code), so that it loads offline."""
+    if _hub_unreachable():
+        return False
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.py", "*.txt", "*.md"])
+    except Exception as error:  # noqa: BLE001 any failure means: not offered, with the reason logged
+        logger.warning(f"dmae serve: cannot download {repo}: {' '.join(str(error).split())[:300]}")
+        return False
+    return _cached(repo)
+
+
+def _hub_unreachable():
+    try:
+        from ..hub.reach import hub_unreachable_reason
+    except ImportError:  # until helper hub's reach module is merged: offline mode only
+        from huggingface_hub import constants
+
+        return "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else None
+    return hub_unreachable_reason()
+
+
+def _split(value) -> list[str]:
+    return [part.strip() for part in (value or "").replace("\n", ",").split(",") if part.strip()]
+
+
+def _number(name, text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"${name} must be a number, got {text!r}.") from None
+    return int(value) if value.is_integer() and name != ENV["max_seconds"] else value
+
+
+__all__ = ["Limits", "ServerSettings", "REFUSED", "NO_DENOISER", "ENV", "MAX_SAMPLES", "MAX_SECONDS", "CONCURRENCY",
+           "MAX_QUEUE", "MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS"]
