@@ -139,8 +139,9 @@ def test_an_unreachable_hub_id_fails_in_seconds_with_one_line(tmp_path, capsys, 
     with socket.socket() as s:  # a port nothing listens on (a new endpoint: probed afresh): refused at once
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    refused = f"127.0.0.1:{port} cannot be reached (connection refused)"
     for offline, endpoint, cause in [(True, constants.ENDPOINT, "HF_HUB_OFFLINE=1 is set"),
-                                     (False, f"http://127.0.0.1:{port}", "127.0.0.1 cannot be reached")]:
+                                     (False, f"http://127.0.0.1:{port}", refused)]:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
         start = time.perf_counter()
