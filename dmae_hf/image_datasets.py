@@ -8,33 +8,13 @@ file because the `certified-image-classification` pipeline, which checkpoints ca
 it too). Resizing and cropping are not done here: only the image processors do them.
 """
 
-import functools
 import os
-import socket
-from urllib.parse import urlparse
+
+from .hub.reach import HubUnreachableError, hub_unreachable_reason, require_hub_dataset
 
 # Image columns by name, in order of preference (webdataset shards name them by extension), then label columns.
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp")
 LABEL_FALLBACK = {"label": "cls"}  # webdataset's class column
-
-
-# ----------------------------------------------------------------------------------------------------------- the Hub
-@functools.cache
-def hub_unreachable_reason() -> str | None:
-    """None when the Hub can be reached; else a short cause. Decided once per process: `HF_HUB_OFFLINE`, else one TCP
-    connect to the endpoint's host and port (1.5 s at most), so an unreachable Hub fails in seconds, not after
-    retries."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE=1 is set"
-    endpoint = urlparse(constants.ENDPOINT)
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=1.5).close()
-    except OSError:
-        return f"{host} cannot be reached (no network)"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------- datasets
@@ -85,15 +65,18 @@ def load_image_split(path: str, split: str, image_column: str | None = None, lab
     `label_column=None` keeps images only; with `label_optional`, a split without the label column is read as
     unlabelled (the label column returned is then None). Raises `ValueError` (before any image is read) for a dataset
     that is neither a local folder nor a reachable Hub id (`dataset_not_found`; an unreachable Hub is found in
-    seconds by `hub_unreachable_reason`), an unknown split (lists the available ones) or an unknown image/label column
+    seconds by `dmae_hf.hub.reach`), an unknown split (lists the available ones) or an unknown image/label column
     (lists the columns).
     """
     path = str(path)
     if (path.startswith((".", "/", "~")) or os.sep + os.sep in path) and not os.path.exists(os.path.expanduser(path)):
         raise ValueError(dataset_not_found(path, "no such local folder"))
     path = os.path.expanduser(path)
-    if not os.path.exists(path) and (reason := hub_unreachable_reason()) is not None:
-        raise ValueError(dataset_not_found(path, f"the Hub cannot be asked: {reason}"))
+    if not os.path.exists(path):
+        try:
+            require_hub_dataset(path)  # in seconds, not after huggingface_hub's retries
+        except HubUnreachableError:
+            raise ValueError(dataset_not_found(path, f"the Hub cannot be asked: {hub_unreachable_reason()}")) from None
     import datasets
 
     try:
@@ -127,4 +110,4 @@ def load_image_split(path: str, split: str, image_column: str | None = None, lab
     return ds, image_column, label_column
 
 
-__all__ = ["dataset_not_found", "find_image_column", "hub_unreachable_reason", "load_image_split", "IMAGE_COLUMNS"]
+__all__ = ["dataset_not_found", "find_image_column", "load_image_split", "IMAGE_COLUMNS"]

@@ -21,7 +21,6 @@ from dmae_hf import defaults
 from dmae_hf.certification.inputs import ImageFiles, label_ids, resolve_inputs
 from dmae_hf.certification.log import read_rows
 from dmae_hf.cli import build_parser, main
-from dmae_hf.image_datasets import hub_unreachable_reason
 
 ASSETS = REPO_ROOT / "dmae_hf" / "assets"
 CIFAR10 = json.loads((ASSETS / "cifar10" / "index.json").read_text())
@@ -137,14 +136,14 @@ def test_bad_inputs_are_one_clear_error(tmp_path):
 def test_an_unreachable_hub_id_fails_in_seconds_with_one_line(tmp_path, capsys, monkeypatch):
     from huggingface_hub import constants
 
-    with socket.socket() as s:  # a port nothing listens on: the connect is refused at once
+    with socket.socket() as s:  # a port nothing listens on (a new endpoint: probed afresh): refused at once
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    refused = f"127.0.0.1:{port} cannot be reached (connection refused)"
     for offline, endpoint, cause in [(True, constants.ENDPOINT, "HF_HUB_OFFLINE=1 is set"),
-                                     (False, f"http://127.0.0.1:{port}", "127.0.0.1 cannot be reached")]:
+                                     (False, f"http://127.0.0.1:{port}", refused)]:
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        hub_unreachable_reason.cache_clear()  # decided once per process: once per case here
         start = time.perf_counter()
         assert main(["certify", "uoft-cs/cifar10", "--out", str(tmp_path / "c.tsv")]) == 2
         assert time.perf_counter() - start < 3
@@ -152,7 +151,6 @@ def test_an_unreachable_hub_id_fails_in_seconds_with_one_line(tmp_path, capsys, 
         assert "'uoft-cs/cifar10' is neither a local dataset folder nor a reachable Hub dataset id" in error
         assert cause in error and "local copy" in error
         assert list(tmp_path.iterdir()) == []
-    hub_unreachable_reason.cache_clear()
 
 
 # ------------------------------------------------------------------------------------------- nothing written

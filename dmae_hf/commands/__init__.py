@@ -91,14 +91,12 @@ def check_sampling(args, method="cohen", method_kwargs=None, autocast_dtype=None
 
 def load_smoothed_classifier(args, device="cpu"):
     """g for `--model`, `--sigma`, `--override-sigma` and `--denoiser`, on `device`, in float32."""
+    import torch
+
     from ..smoothed_classifier import SmoothedClassifier
 
-    if not hasattr(SmoothedClassifier, "from_pretrained"):
-        from ._g_shim import load
-
-        return load(args, device)
     return SmoothedClassifier.from_pretrained(args.model, sigma=args.sigma, denoiser=args.denoiser,
-                                              override_sigma=args.override_sigma).to(device).eval()
+                                              override_sigma=args.override_sigma, dtype=torch.float32).to(device)
 
 
 class Notes:

@@ -48,15 +48,18 @@ def register(subparsers):
     parser.add_argument("--batch", type=int, default=NOISE_BATCH, help="noisy samples per forward pass")
     parser.add_argument("--seed", type=int, default=SEED, help="image idx uses the seed mix(seed, idx)")
     parser.add_argument("--method", choices=list(METHODS), default="cohen",
-                        help="cohen: n0 + n samples per image; adaptive: sequential looks that may stop early")
+                        help="cohen: n0 + n samples per image; adaptive: pre-scheduled looks that may stop early; "
+                             "sequential: an anytime-valid confidence sequence that may stop early")
     parser.add_argument("--target-radius", type=float, nargs="+", default=None,
-                        help="adaptive: the radii that matter; stop once the largest is certified or the next one "
-                             "is out of reach")
-    parser.add_argument("--first-look", type=int, default=None, help="adaptive: samples at the first look (1000)")
+                        help="adaptive/sequential: the radii that matter; stop once the largest is certified or the "
+                             "next one is out of reach")
+    parser.add_argument("--first-look", type=int, default=None,
+                        help="adaptive/sequential: samples at the first look (adaptive 1000, sequential 100)")
     parser.add_argument("--estimate-tolerance", type=float, default=None,
                         help="adaptive: stop once the point estimate says n samples would add at most this radius")
     parser.add_argument("--radius-tolerance", type=float, default=None,
-                        help="adaptive: stop once even all remaining votes would add at most this radius (0)")
+                        help="adaptive/sequential: stop once even all remaining votes would add at most this radius "
+                             "(adaptive 0, sequential 0.01)")
     parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="run the model under autocast")
     parser.add_argument("--compile", nargs="?", const="default", default=None,
                         choices=["default", "reduce-overhead", "max-autotune"],

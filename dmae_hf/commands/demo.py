@@ -57,6 +57,7 @@ def run(args) -> int:
         mark = "" if ok or cert.abstained else "  WRONG: certified, but not the true label"
         print(f"{i:>5}  {names[label]:<11} {predicted:<11} {cert.radius:>7.3f}  {cert.pA_lower:>8.4f}{mark}")
     print(EXPLANATION.format(sigma=sigma, confidence=1 - args.alpha, n=args.n, top=args.alpha ** (1 / args.n)))
+    print(f"\n{defaults.CERTIFICATE_CAVEAT}")
     at_0, at_025 = certified_accuracy(correct, radius, radii=(0.0, 0.25))["certified_accuracy"]
     print(f"\ncertified accuracy: r=0: {at_0:.0%}, r=0.25: {at_025:.0%} ({time.perf_counter() - start:.1f} s)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -75,12 +76,23 @@ What the columns mean:
 - pA_lower: a lower bound (confidence 1 - alpha) on the probability that the model gives the predicted class
   under noise; radius = sigma * PhiInv(pA_lower). With n = {n} samples it is at most alpha^(1/n) = {top:.4f}.
 - abstain: the vote was not clear enough (pA_lower < 1/2), so no class and no radius are certified.
-- WRONG: a certificate says the prediction is stable, not that it is right; counted as not certified below."""
+- WRONG: the certified class is not the true label; counted as not certified below."""
 
 
-def write_picture(path, pixel_values, labels, certificates, names, sigma, correct, radius, seed, num_shown=8):
-    """Clean images, two noisy samples of each at `sigma`, and the certified-accuracy curve of all images
-    (`dmae_hf.certification.analysis.plot_curve` of the per-image `correct`, `radius`)."""
+def panel_title(certificate, label: int, names) -> tuple[str, str]:
+    """(two-line title, colour) of one image: the prediction (and the true label when it differs), then the radius."""
+    if certificate.abstained:
+        return f"abstain (true: {names[label]})\nno radius", "0.45"
+    if certificate.prediction != label:
+        return f"{names[certificate.prediction]} (true: {names[label]})\nr = {certificate.radius:.2f}", "red"
+    return f"{names[label]}\nr = {certificate.radius:.2f}", "black"
+
+
+def make_figure(pixel_values, labels, certificates, names, sigma, correct, radius, seed, columns: int = 5):
+    """Every certified image in a grid (`columns` wide) titled by `panel_title`, one noisy sample at `sigma` (what
+    the smoothed classifier votes over), and the certified-accuracy curve of all images
+    (`dmae_hf.certification.analysis.plot_curve` of the per-image `correct`, `radius`). Returns the figure; the
+    image panels carry the label "certified"."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,27 +102,33 @@ def write_picture(path, pixel_values, labels, certificates, names, sigma, correc
     from ..certification.analysis import plot_curve
     from ..smoothing import add_gaussian_noise
 
-    generator = torch.Generator().manual_seed(seed)
-    shown = pixel_values[:num_shown]
-    rows = [shown] + [add_gaussian_noise(shown, sigma, generator).clamp(0, 1) for _ in range(2)]
-    fig = plt.figure(figsize=(2 * num_shown / 1.5, 7.5))
-    grid = fig.add_gridspec(4, num_shown, height_ratios=[1, 1, 1, 2.2])
-    for r, batch in enumerate(rows):
-        for c in range(num_shown):
-            ax = fig.add_subplot(grid[r, c])
-            ax.imshow(batch[c].permute(1, 2, 0).numpy(), interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                cert = certificates[c]
-                guess = "abstain" if cert.abstained else names[cert.prediction]
-                wrong = not cert.abstained and cert.prediction != labels[c]
-                ax.set_title(f"{names[labels[c]]}\n-> {guess}{' (wrong)' if wrong else ''}, R={cert.radius:.2f}",
-                             fontsize=7, color="red" if wrong else "black")
-            if c == 0:
-                ax.set_ylabel("clean" if r == 0 else f"+N(0,{sigma}²)", fontsize=8)
-    ax = fig.add_subplot(grid[3, :])
+    count = len(certificates)
+    rows = -(-count // columns)
+    fig = plt.figure(figsize=(2.2 * columns, 2.3 * rows + 3.2), layout="constrained")
+    grid = fig.add_gridspec(rows + 1, columns, height_ratios=[1] * rows + [1.45])
+    for i, cert in enumerate(certificates):
+        ax = fig.add_subplot(grid[i // columns, i % columns], label="certified")
+        ax.imshow(pixel_values[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_xticks([]), ax.set_yticks([])
+        title, colour = panel_title(cert, labels[i], names)
+        ax.set_title(title, fontsize=9, color=colour)
+    ax = fig.add_subplot(grid[rows, :columns - 1], label="curve")
     plot_curve(ax, correct, radius, lw=2)
-    ax.set_title(f"{len(radius)} bundled CIFAR-10 test images, sigma={sigma}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.set_title(f"certified accuracy of the {count} images, sigma = {sigma}", fontsize=9)
+    noisy = add_gaussian_noise(pixel_values[:1], sigma, torch.Generator().manual_seed(seed)).clamp(0, 1)
+    ax = fig.add_subplot(grid[rows, columns - 1], label="noisy")
+    ax.imshow(noisy[0].permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(f"image 0 + N(0, {sigma}²):\none noisy sample", fontsize=9)
+    fig.suptitle(f"dmae demo: {count} CIFAR-10 test images, prediction (red: wrong) and certified L2 radius r",
+                 fontsize=11)
+    return fig
+
+
+def write_picture(path, pixel_values, labels, certificates, names, sigma, correct, radius, seed):
+    """`make_figure` saved as a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = make_figure(pixel_values, labels, certificates, names, sigma, correct, radius, seed)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
