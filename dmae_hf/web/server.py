@@ -66,10 +66,10 @@ class Limits:
         for name in ("max_samples", "concurrency", "max_queue", "max_bytes", "max_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}.")
+                raise ValueError(f"{_setting(name)} must be a whole number >= 1, got {value!r}.")
         seconds = self.max_seconds
         if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds < math.inf:
-            raise ValueError(f"max_seconds must be a positive number of seconds, got {seconds!r}.")
+            raise ValueError(f"{_setting('max_seconds')} must be a positive number of seconds, got {seconds!r}.")
 
     def describe(self) -> str:
         at_once = "one certification" if self.concurrency == 1 else f"{self.concurrency} certifications"
@@ -173,14 +173,14 @@ def _operator_choice(name: str):
 
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"A model or denoiser to offer must be a short name, Hub id or folder, got {name!r}.")
+    if packaged_path(name) is not None:  # shipped (offered anyway)
+        return str(packaged_path(name)), None
     if os.path.isdir(name):
         return str(Path(name).resolve()), None
     if looks_like_short_name(name):
         if name not in SHORT_NAMES:
             raise ValueError(f"{name!r} is not a folder here nor a known short name "
                              f"({', '.join(SHORT_NAMES)}).")
-        if packaged_path(name) is not None:
-            return str(packaged_path(name)), None
         target = repo_id(name)
     elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
         target = name
@@ -224,6 +224,11 @@ def _hub_unreachable():
 
         return "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else None
     return hub_unreachable_reason()
+
+
+def _setting(name: str) -> str:
+    """A limit's name as the operator sets it: `max_seconds (--max-seconds, $DMAE_SERVE_MAX_SECONDS)`."""
+    return f"{name} (--{name.replace('_', '-')}, ${ENV[name]})" if name in ENV else name
 
 
 def _split(value) -> list[str]:
