@@ -1,4 +1,4 @@
-"""Throughput of `dmae_hf.smoothing.certify` against a plain Cohen-style loop, and adaptive vs fixed-n CERTIFY.
+"""Throughput of `dmae_hf.smoothing.certify` against a plain Cohen-style loop, and adaptive/sequential vs fixed n.
 
 Both certifiers run on the same model and the same real CIFAR-10 test images, in the same process, alternating, so
 the printed ratio is measured in this run. The reference is the loop of Cohen et al.'s `core.py` written out here:
@@ -24,21 +24,19 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import beta, norm
 
-from dmae_hf import smoothing
+from dmae_hf import sampling, smoothing
 from dmae_hf.certification.analysis import certificate_arrays, certified_accuracy
 from dmae_hf.configuration_dmae import PRESETS, DMAEConfig
 from dmae_hf.image_processing_dmae import DMAEImageProcessor
 from dmae_hf.modeling_dmae import DMAEForSmoothedClassification
 from dmae_hf.smoothing import add_gaussian_noise
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def data_dir() -> Path:
-    for candidate in [os.environ.get("DMAE_DATA_DIR"), REPO.parent / "shared" / "data"]:
-        if candidate and (Path(candidate) / "cifar10").is_dir():
-            return Path(candidate)
-    raise SystemExit("CIFAR-10 not found: set DMAE_DATA_DIR to the folder holding cifar10/.")
+    candidate = os.environ.get("DMAE_DATA_DIR")
+    if candidate and (Path(candidate) / "cifar10").is_dir():
+        return Path(candidate)
+    raise SystemExit("CIFAR-10 not found: set DMAE_DATA_DIR to the folder holding cifar10/ (the Hub layout).")
 
 
 def load_cifar10(split: str, count: int):
@@ -75,7 +73,7 @@ def sync(device):
 
 
 class NoiseClock:
-    """Seconds spent drawing noise: wraps `add_gaussian_noise` as seen by `dmae_hf.smoothing`."""
+    """Seconds spent drawing noise: wraps `add_gaussian_noise` as seen by `dmae_hf.sampling` (the noise streams)."""
 
     seconds = 0.0
 
@@ -89,7 +87,7 @@ class NoiseClock:
             cls.seconds += time.perf_counter() - start
             return out
 
-        smoothing.add_gaussian_noise = timed
+        sampling.add_gaussian_noise = timed
 
 
 # ------------------------------------------------------------------------------------- the reference (Cohen's core.py)
@@ -242,7 +240,9 @@ def main(argv=None):
           f"{'cert.acc@sigma':>14} {'@2sigma':>7}")
     settings = [("cohen", {}), ("adaptive", {}), ("adaptive", dict(estimate_tolerance=0.05 * args.sigma)),
                 ("adaptive", dict(target_radius=args.sigma)),
-                ("adaptive", dict(target_radius=[args.sigma, 2 * args.sigma]))]
+                ("adaptive", dict(target_radius=[args.sigma, 2 * args.sigma])),
+                ("sequential", dict(target_radius=[0, args.sigma, 2 * args.sigma, 3 * args.sigma])),
+                ("sequential", {})]
     for method, options in settings:
         f.reset()
         start = time.perf_counter()

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 # Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
 """Input-pipeline throughput of DMAE pre-training alone (no model): images/s of decode + resize + collate, and
-rank 0's share of the decoding, in the two data modes (`--data-mode`, see dmae_hf.training.data).
+rank 0's share of the decoding, in the two data modes (`--data-mode`, see dmae_hf.training.streams).
 
-The 20 real ImageNet photos of `imagenet-sample` are repeated to `--images` examples and written as a local
-Hub-layout parquet folder of `--shards` shards. Each configuration starts its processes together as a gloo process
-group (forked, with torchrun's environment variables, on CPU) and builds the training batches exactly as
-`examples/pretrain.py` does: `loop.make_accelerator` (`dispatch_batches=True`), `streams.DataSetup` (shuffle
-buffer, `build_stream`, `ImageDecoder` to `--decode-size` on `--workers` DataLoader workers, `collate` to uint8
-batches) and `DataSetup.train_loader`, iterated through `rng_neutral` on every rank:
+The 20 real ImageNet photos of `imagenet-sample` (the test fixture's, in `tests/data`) are repeated to `--images`
+examples and written as a local Hub-layout parquet folder of `--shards` shards. Each configuration starts its
+processes together as a gloo process group (forked, with torchrun's environment variables, on CPU) and builds the
+training batches exactly as `examples/pretrain.py` does: `loop.make_accelerator` (`dispatch_batches=True`),
+`data_setup.DataSetup` (shuffle buffer, `build_stream`, `ImageDecoder` to `--decode-size` on `--workers` DataLoader
+workers, `collate` to uint8 batches) and `DataSetup.train_loader`, iterated through `rng_neutral` on every rank:
 
 - baseline: 1 process (both modes are the same there);
 - per-rank, P processes: each rank reads and decodes its own part (`RankBatches`, full batches only);
@@ -50,11 +50,11 @@ def write_repeated(src: str, out: str, images: int, shards: int) -> None:
 
 
 def counting_decoder(tally: str):
-    """`data.ImageDecoder` that appends one byte to the file `tally` per decoded example (O_APPEND: safe from
+    """`streams.ImageDecoder` that appends one byte to the file `tally` per decoded example (O_APPEND: safe from
     several DataLoader workers; a path, unlike a shared counter, survives the dataset being pickled or copied)."""
-    from dmae_hf.training import data
+    from dmae_hf.training import streams
 
-    class CountingDecoder(data.ImageDecoder):
+    class CountingDecoder(streams.ImageDecoder):
         def __call__(self, example: dict) -> dict:
             fd = os.open(tally, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
@@ -74,23 +74,23 @@ def run_rank(folder: str, mode: str, rank: int, world_size: int, port: int, args
     import torch
 
     torch.set_num_threads(1)
-    from dmae_hf.training import data, loop, streams
+    from dmae_hf.training import data_setup, loop, streams
     from dmae_hf.training.arguments import DataArguments, OptimizationArguments, RunArguments
 
-    data.ImageDecoder = counting_decoder(tally)  # DataSetup builds its decoders through the module attribute
+    streams.ImageDecoder = counting_decoder(tally)  # DataSetup builds its decoders through the module attribute
     accelerator = loop.make_accelerator(OptimizationArguments(batch_size=args.batch, grad_accum=1),
                                         RunArguments(output_dir=os.path.join(os.path.dirname(tally), "run"),
                                                      cpu=True))
-    setup = streams.DataSetup(DataArguments(dataset=folder, decode_size=args.decode_size, shuffle_buffer=256,
+    setup = data_setup.DataSetup(DataArguments(dataset=folder, decode_size=args.decode_size, shuffle_buffer=256,
                                             num_workers=args.workers, data_mode=mode),
                               image_size=224, with_labels=False, seed=0, rank=accelerator.process_index,
                               num_processes=accelerator.num_processes)
     loader = setup.train_loader(accelerator, args.batch, args.workers)
-    streams.set_epoch(loader, setup.train, 0)
+    data_setup.set_epoch(loader, setup.train, 0)
     open(tally, "wb").close()  # count from here: the setup's validation decodes are not the benchmark's
     start.wait()
     t0, count = time.perf_counter(), 0
-    for batch in streams.rng_neutral(loader):
+    for batch in data_setup.rng_neutral(loader):
         count += batch["pixel_values"].shape[0]
     seconds = time.perf_counter() - t0
     accelerator.wait_for_everyone()
@@ -125,8 +125,9 @@ def measure(folder: str, mode: str, processes: int, args, tmp: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("DMAE_DATA_DIR", "../shared/data"),
-                        help="folder holding imagenet-sample/")
+    parser.add_argument("--data-dir", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                           "tests", "data"),
+                        help="folder holding imagenet-sample/ (default: the test fixture, tests/data)")
     parser.add_argument("--images", type=int, default=2000, help="examples: the 20 photos repeated")
     parser.add_argument("--shards", type=int, default=8, help="parquet shards of the repeated set")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2],

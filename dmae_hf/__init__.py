@@ -27,6 +27,7 @@ _EXPORTS = {
     "add_gaussian_noise": "smoothing",
     "RandomizedSmoothingPipeline": "pipeline_dmae",
     "SmoothedClassifier": "smoothed_classifier",
+    "Preprocessed": "smoothed_classifier",
     "SHORT_NAMES": "hub.names",
 }
 
@@ -54,7 +55,7 @@ def register() -> None:
       `AutoImageProcessor` load `model_type="dmae"` checkpoints with the installed package's classes;
     - remote code: every saved checkpoint also carries `auto_map` and a copy of the flat model files, so it loads with
       `trust_remote_code=True` where dmae-hf is not installed;
-    - the `certified-image-classification` pipeline task (default model: the embedded `dmae-tiny-cifar10`);
+    - the `certified-image-classification` pipeline task (default model: the embedded `defaults.EMBEDDED_MODEL`);
     - the `dmae-*` short names in every loader (`dmae_hf/hub/names.py`).
     """
     global _registered
@@ -70,6 +71,7 @@ def register() -> None:
     from transformers.pipelines import PIPELINE_REGISTRY
 
     from .configuration_dmae import DMAEConfig
+    from .defaults import EMBEDDED_MODEL
     from .hub.names import install_short_name_hook
     from .image_processing_dmae import DMAEImageProcessor
     from .modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification, DMAEModel
@@ -91,7 +93,7 @@ def register() -> None:
         "certified-image-classification",
         pipeline_class=RandomizedSmoothingPipeline,
         pt_model=AutoModelForImageClassification,
-        default={"model": ("dmae-tiny-cifar10", None)},
+        default={"model": (EMBEDDED_MODEL, None)},
         type="image",
     )
     install_short_name_hook()

@@ -14,17 +14,9 @@ import pkgutil
 import sys
 
 from . import commands
+from .commands import HelpFormatter
 
 DEBUG_ENV = "DMAE_DEBUG"
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every option's default (except for flags and options whose default is None)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            return action.help
-        return super()._get_help_string(action)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -38,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"show the full traceback of an error (also ${DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(subparsers)
     return parser

@@ -6,8 +6,11 @@ import numbers
 from typing import NamedTuple
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
+
+from .defaults import check_sigma
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -64,9 +67,10 @@ POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "ima
 INTERVALS = {
     "mlp_ratio": "(0, inf)", "layer_norm_eps": "(0, inf)", "initializer_range": "[0, inf)",
     "hidden_dropout_prob": "[0, 1)", "attention_probs_dropout_prob": "[0, 1)", "drop_path_rate": "[0, 1)",
-    "mask_ratio": "[0, 1)", "label_smoothing": "[0, 1)", "noise_sigma": "[0, inf)", "smoothing_sigma": "[0, inf)",
-    "consistency_lambda": "[0, inf)", "consistency_eta": "[0, inf)",
+    "mask_ratio": "[0, 1)", "label_smoothing": "[0, 1)", "consistency_lambda": "[0, inf)",
+    "consistency_eta": "[0, inf)",
 }
+SIGMAS = ("noise_sigma", "smoothing_sigma")  # checked by the one sigma rule, `defaults.check_sigma` (0 = no noise)
 
 
 def _check_int(name, value):
@@ -212,6 +216,8 @@ class DMAEConfig(PreTrainedConfig):
             _check_int(name, getattr(self, name))
         for name, interval in INTERVALS.items():
             _check_interval(name, getattr(self, name), interval)
+        for name in SIGMAS:
+            check_sigma(getattr(self, name), name=name, allow_zero=True)
         _check_int("num_labels (the size of id2label)", self.num_labels)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
@@ -239,6 +245,22 @@ class DMAEConfig(PreTrainedConfig):
                                  f"{len(values)}: {values}.")
             if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
                 raise ValueError(f"{name} must hold finite numbers{' > 0' if positive else ''}, got {values}.")
+
+
+_strict_setattr = DMAEConfig.__setattr__
+
+
+def _setattr(self, name, value):
+    """@strict's type check of a field (on construction, loading and assignment), raised as a one-line `ValueError`
+    like every other config error, e.g. `DMAEConfig.from_preset("tiny", hidden_size="32")`."""
+    try:
+        _strict_setattr(self, name, value)
+    except StrictDataclassFieldValidationError as error:
+        cause = error.__cause__
+        raise ValueError(f"DMAEConfig: {cause if cause is not None else error}".replace("\n", " ")) from None
+
+
+DMAEConfig.__setattr__ = _setattr
 
 __all__ = ["DMAEConfig", "ARCHITECTURES", "Architecture", "PRESETS", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD",
            "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_LABELS"]

@@ -37,11 +37,19 @@ DEMO_N = 1000
 METHODS = {
     "cohen": (),
     "adaptive": ("first_look", "target_radius", "radius_tolerance", "estimate_tolerance"),
+    "sequential": ("first_look", "target_radius", "radius_tolerance"),
 }
 
 
 # ------------------------------------------------------------------------------------------------------------- sigma
 MAX_SIGMA = 1.0  # noise std in [0, 1] pixel units; Cohen et al. and DMAE certify at 0.12 to 1.0
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float is finite, and out of every range
+        return True
 
 
 def check_sigma(sigma, trained_sigma=None, override=False, name="sigma", allow_zero=False) -> float:
@@ -54,11 +62,14 @@ def check_sigma(sigma, trained_sigma=None, override=False, name="sigma", allow_z
     result then records `sigma_override`. Returns sigma as a float; raises `ValueError` naming the problem and fix.
     """
     low = "[0" if allow_zero else "(0"
-    if (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(sigma) or sigma < 0
-            or (sigma == 0 and not allow_zero)):
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not _finite(sigma) or sigma < 0 or (
+            sigma == 0 and not allow_zero):
         raise ValueError(f"{name} must be a number in {low}, {MAX_SIGMA:g}] (the noise std in [0, 1] pixel units), "
                          f"got {sigma!r}.")
     if sigma > MAX_SIGMA:
+        if sigma > 1e6:  # no unit makes this a noise level (and 10**400 does not even convert to float)
+            raise ValueError(f"{name} is far above {MAX_SIGMA:g}: it must be a number in {low}, {MAX_SIGMA:g}] (the "
+                             f"noise std in [0, 1] pixel units).")
         raise ValueError(f"{name} = {sigma:g} is larger than {MAX_SIGMA:g}: it is in [0, 1] pixel units (images are "
                          f"scaled to [0, 1] before the noise). For a value in 0-255 units divide by 255 "
                          f"({sigma:g} / 255 = {sigma / 255:.4g}).")

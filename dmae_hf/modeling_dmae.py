@@ -3,11 +3,9 @@
 """PyTorch DMAE: denoising masked autoencoder pre-training and the smoothed classifier fine-tuned from it."""
 
 import math
-import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
@@ -24,15 +21,13 @@ from transformers.utils import logging as hf_logging
 
 from .configuration_dmae import DMAEConfig
 from .defaults import ALPHA, N0, NOISE_BATCH, SEED, N
-from .smoothing import add_gaussian_noise, certify, predict
+from .input_checks import check_labels, check_pixel_noise, check_pixel_values, refuse_renamed_arguments
+from .load_report import expected_load_changes, load_summary, non_finite_tensors, refuse_non_finite_weights
+from .remote_code import CUSTOM_PIPELINES, save_with_pipeline
+from .smoothing import add_gaussian_noise
 
 # A child of transformers' logger: its verbosity, handler and format apply (`transformers.logging.set_verbosity_*`).
 logger = hf_logging.get_logger(f"transformers.{__name__}")
-
-
-# Clean images must look like [0, 1] pixels; anything beyond this margin is almost surely 0-255 or pre-normalised.
-PIXEL_RANGE_MARGIN = 0.5
-
 
 def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int, add_cls_token: bool = True) -> torch.Tensor:
     """Fixed 2-D sine-cosine position table of MAE (`util/pos_embed.py`), shape `(1, [1 +] grid_size**2, embed_dim)`.
@@ -76,38 +71,6 @@ def interpolate_pos_table(pos_table: torch.Tensor, rows: int, cols: int) -> torc
     return torch.cat([pos_table[:, :1], patch_pos], dim=1)
 
 
-def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, clean: bool) -> None:
-    """Raise a `ValueError` for inputs no DMAE model accepts.
-
-    Always: rank other than 4 or a channel count other than `num_channels`. For clean images (`clean=True`, the
-    input of pre-training, training and certification, but not the noisy batches the base classifier sees when it is
-    smoothed): NaN/Inf pixels and values outside [-0.5, 1.5], which betray 0-255 or already-normalised inputs.
-    """
-    if not isinstance(pixel_values, torch.Tensor):
-        raise ValueError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
-    if pixel_values.ndim != 4:
-        raise ValueError(
-            f"pixel_values must have shape (batch, channels, height, width); got rank {pixel_values.ndim} "
-            f"with shape {tuple(pixel_values.shape)}."
-        )
-    if pixel_values.shape[1] != num_channels:
-        raise ValueError(
-            f"pixel_values has {pixel_values.shape[1]} channels but the model expects {num_channels} "
-            "(convert grayscale or RGBA images to RGB with DMAEImageProcessor)."
-        )
-    if not pixel_values.is_floating_point():
-        raise ValueError(f"pixel_values must be a floating-point tensor in [0, 1], got dtype {pixel_values.dtype}.")
-    if clean:
-        if not torch.isfinite(pixel_values).all():
-            raise ValueError("pixel_values contains NaN or Inf values.")
-        lo, hi = pixel_values.min().item(), pixel_values.max().item()
-        if lo < -PIXEL_RANGE_MARGIN or hi > 1 + PIXEL_RANGE_MARGIN:
-            raise ValueError(
-                f"pixel_values must be in [0, 1] pixel space (got values in [{lo:.3g}, {hi:.3g}]). DMAE models "
-                "normalise inside the model: pass images rescaled by 1/255 and not normalised."
-            )
-
-
 def noisy_copies(
     pixel_values: torch.Tensor, sigma: float, num_copies: int = 1, pixel_noise: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -117,19 +80,9 @@ def noisy_copies(
     repeated = pixel_values if num_copies == 1 else pixel_values.repeat(num_copies, 1, 1, 1)
     if pixel_noise is None:
         return add_gaussian_noise(repeated, sigma)
-    if pixel_noise.shape != repeated.shape:
-        copies = f"{num_copies} copies of pixel_values, copy-major" if num_copies > 1 else "that of pixel_values"
-        raise ValueError(f"pixel_noise must have shape {tuple(repeated.shape)} ({copies}), "
-                         f"got {tuple(pixel_noise.shape)}.")
+    copies = f"{num_copies} copies of pixel_values, copy-major" if num_copies > 1 else "that of pixel_values"
+    check_pixel_noise(pixel_noise, repeated.shape, copies)
     return repeated.float() + pixel_noise.float()
-
-
-def refuse_renamed_arguments(kwargs: dict) -> None:
-    """`noise=` (the masking noise) is now `mask_noise=`, beside `pixel_noise=`: the forwards take `**kwargs` (for
-    `Trainer`), which would silently drop it and draw a random mask, so it is refused by name instead."""
-    if "noise" in kwargs:
-        raise TypeError("forward() got an unexpected keyword argument 'noise': the masking noise is now "
-                        "`mask_noise=` (the Gaussian perturbation is `pixel_noise=`).")
 
 
 @dataclass
@@ -374,14 +327,6 @@ def run_layers(layers, hidden_states, output_hidden_states=False, output_attenti
     return hidden_states, all_hidden_states, all_attentions
 
 
-def non_finite_tensors(named_tensors) -> list[str]:
-    """Names of the floating-point tensors of `(name, tensor)` pairs that hold NaN or Inf (meta tensors skipped).
-
-    A model with such weights outputs NaN, and no certificate may rest on it: loading and conversion refuse them."""
-    return [name for name, tensor in named_tensors
-            if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()]
-
-
 class DMAEPreTrainedModel(PreTrainedModel):
     config: DMAEConfig
     config_class = DMAEConfig
@@ -403,11 +348,7 @@ class DMAEPreTrainedModel(PreTrainedModel):
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.config.validate_values()  # config overrides (`from_pretrained(path, smoothing_sigma=...)`) come after
-        bad = non_finite_tensors(model.state_dict().items())
-        if bad:
-            raise ValueError(f"{pretrained_model_name_or_path}: {len(bad)} weight tensor(s) hold NaN or Inf values: "
-                             f"{bad[:10]}{' ...' if len(bad) > 10 else ''}. The checkpoint is corrupt or was saved "
-                             "after training diverged; load an earlier one.")
+        refuse_non_finite_weights(model, pretrained_model_name_or_path)
         return loaded
 
     @torch.no_grad()
@@ -710,19 +651,6 @@ def consistency_loss(logits: torch.Tensor, num_copies: int) -> tuple[torch.Tenso
     return kl.mean(), entropy.mean()
 
 
-def load_summary(model_name: str, source, dropped, initialised) -> str:
-    """One line naming the modules (`decoder`, `dmae.layernorm`, `classifier`, `fc_norm`) whose tensors a load dropped
-    or initialised, with tensor counts."""
-
-    def modules(keys) -> str:
-        names = dict.fromkeys(".".join(k.split(".")[:2 if k.startswith("dmae.") else 1]) for k in sorted(keys))
-        return f"{' + '.join(names)} ({len(keys)} tensor{'s' * (len(keys) != 1)})"
-
-    parts = ([f"dropped {modules(dropped)}"] if dropped else []) + (
-        [f"initialised {modules(initialised)}"] if initialised else [])
-    return f"{model_name} from {source}: {', '.join(parts)}"
-
-
 class DMAEForSmoothedClassification(DMAEPreTrainedModel):
     """The base classifier f of a randomized-smoothing classifier g(x) = argmax_c P(f(x + N(0, sigma^2 I)) = c).
 
@@ -742,9 +670,7 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^dmae\.layernorm\."]
     _keys_to_ignore_on_load_missing = [r"^classifier\.", r"^fc_norm\."]
     # transformers' custom-pipeline entry (the format `Pipeline.save_pretrained` writes) for remote code
-    custom_pipelines = {"certified-image-classification": {
-        "impl": "pipeline_dmae.RandomizedSmoothingPipeline", "pt": ["AutoModelForImageClassification"], "tf": [],
-        "type": "image"}}
+    custom_pipelines = CUSTOM_PIPELINES
 
     def __init__(self, config: DMAEConfig):
         super().__init__(config)
@@ -764,10 +690,8 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
     def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
         """transformers' filtering by `_keys_to_ignore_on_load_*`, remembering what it filtered for
         `from_pretrained`."""
-        unexpected, missing = set(loading_info.unexpected_keys), set(loading_info.missing_keys)
-        super()._adjust_missing_and_unexpected_keys(loading_info)
-        self._expected_load_changes = (unexpected - set(loading_info.unexpected_keys),
-                                       missing - set(loading_info.missing_keys))
+        self._expected_load_changes = expected_load_changes(loading_info,
+                                                            super()._adjust_missing_and_unexpected_keys)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -812,7 +736,7 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
         noisy_training = self.training and labels is not None
         check_pixel_values(pixel_values, self.config.num_channels, clean=noisy_training)
         if labels is not None:
-            self._check_labels(labels, pixel_values.shape[0])
+            check_labels(labels, pixel_values.shape[0], self.num_labels)
 
         m = self.config.num_noise_samples if noisy_training else 1
         inputs = pixel_values
@@ -841,18 +765,6 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
-    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
-        if labels.shape[0] != batch_size:
-            raise ValueError(f"Got {labels.shape[0]} labels for {batch_size} images.")
-        if labels.ndim == 1:
-            if labels.is_floating_point():
-                raise ValueError("Hard labels must be integer class indices.")
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_labels):
-                raise ValueError(f"Labels must be in [0, {self.num_labels}), got values in "
-                                 f"[{labels.min().item()}, {labels.max().item()}].")
-        elif labels.ndim != 2 or labels.shape[1] != self.num_labels:
-            raise ValueError(f"Soft labels must have shape (batch, {self.num_labels}), got {tuple(labels.shape)}.")
-
     def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy with hard (`(N,)`) or soft (`(N, C)`) targets and `config.label_smoothing`."""
         logits = logits.float()
@@ -867,36 +779,26 @@ class DMAEForSmoothedClassification(DMAEPreTrainedModel):
         """`PreTrainedModel.save_pretrained` (also behind `push_to_hub`), plus the `certified-image-classification`
         pipeline for remote code: `custom_pipelines` in config.json and `pipeline_dmae.py` with the flat files it
         imports, so that `pipeline("certified-image-classification", model=..., trust_remote_code=True)` works where
-        dmae-hf is not installed."""
-        pipeline_file = Path(__file__).with_name("pipeline_dmae.py")
-        if not pipeline_file.is_file():  # remote code loaded without its pipeline: save the model alone
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        self.config.custom_pipelines = self.custom_pipelines
-        try:
-            result = super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            del self.config.custom_pipelines
-        if kwargs.get("is_main_process", True):
-            for source in [pipeline_file, *get_relative_import_files(str(pipeline_file))]:
-                shutil.copyfile(source, Path(save_directory) / Path(source).name)
-        return result
+        dmae-hf is not installed (see `remote_code.py`)."""
+        return save_with_pipeline(self, save_directory, super().save_pretrained, *args, **kwargs)
 
     def predict(self, pixel_values, n: int = N, alpha: float = ALPHA, batch_size: int = NOISE_BATCH, seed: int = SEED,
-                sigma: float | None = None, **kwargs):
-        """Cohen et al.'s PREDICT for the smoothed classifier at `sigma` (default `config.smoothing_sigma`).
-        See `dmae_hf.smoothing.predict`."""
-        sigma = self.config.smoothing_sigma if sigma is None else sigma
-        return predict(self.base_classifier, pixel_values, sigma=sigma, n=n, alpha=alpha, batch_size=batch_size,
-                       seed=seed, **kwargs)
+                sigma: float | None = None, override_sigma: bool = False, **kwargs):
+        """Cohen et al.'s PREDICT for the smoothed classifier g at `sigma` (default `config.smoothing_sigma`; another
+        sigma needs `override_sigma=True`): `SmoothedClassifier(self, sigma, override_sigma=...).predict(...)`."""
+        from .smoothed_classifier import SmoothedClassifier  # the layer above the model: see the module doc there
 
-    @torch.no_grad()
+        return SmoothedClassifier(self, sigma=sigma, override_sigma=override_sigma).predict(
+            pixel_values, n=n, alpha=alpha, batch_size=batch_size, seed=seed, **kwargs)
+
     def certify(self, pixel_values, n0: int = N0, n: int = N, alpha: float = ALPHA, batch_size: int = NOISE_BATCH,
-                seed: int = SEED, sigma: float | None = None, **kwargs):
-        """Cohen et al.'s CERTIFY for the smoothed classifier at `sigma` (default `config.smoothing_sigma`).
-        See `dmae_hf.smoothing.certify`."""
-        sigma = self.config.smoothing_sigma if sigma is None else sigma
-        return certify(self.base_classifier, pixel_values, sigma=sigma, n0=n0, n=n, alpha=alpha,
-                       batch_size=batch_size, seed=seed, **kwargs)
+                seed: int = SEED, sigma: float | None = None, override_sigma: bool = False, **kwargs):
+        """Cohen et al.'s CERTIFY for the smoothed classifier g at `sigma` (default `config.smoothing_sigma`; another
+        sigma needs `override_sigma=True`): `SmoothedClassifier(self, sigma, override_sigma=...).certify(...)`."""
+        from .smoothed_classifier import SmoothedClassifier
+
+        return SmoothedClassifier(self, sigma=sigma, override_sigma=override_sigma).certify(
+            pixel_values, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed, **kwargs)
 
     def base_classifier(self, noisy_pixel_values: torch.Tensor) -> torch.Tensor:
         """f: logits of a batch of noisy [0,1] images, without input validation (the certifier validated x)."""

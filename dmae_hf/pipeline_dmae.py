@@ -8,23 +8,21 @@ denoiser; see `smoothed_classifier.py`).
     >>> certifier = pipeline("certified-image-classification", model="path/to/classifier")
     >>> certifier("cat.png", n0=100, n=10_000, alpha=0.001)
     {'label': 'cat', 'class_id': 3, 'radius': 0.41, 'pA_lower': 0.95, 'abstained': False, 'sigma': 0.25, ...,
-     'resolution': [32, 32], 'denoiser': None}
+     'resolution': [32, 32], 'shrink': 1.0, 'note': None, 'denoiser': None, 'caveat': 'A certificate proves ...'}
     >>> pipeline("certified-image-classification", model="my-vit-cifar10", sigma=0.25, denoiser="path/to/dmae")
 
 This file and its flat siblings are what a checkpoint pushed by dmae-hf carries for `trust_remote_code=True`
 (`custom_pipelines` in its config), so it imports nothing outside them.
 """
 
-import os
 import types
 
 import torch
 from transformers import Pipeline
 from transformers.utils import logging
 
-from .defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
-from .image_processing_dmae import DMAEImageProcessor, decode_image
-from .modeling_dmae import check_pixel_values
+from .defaults import ALPHA, CERTIFICATE_CAVEAT, METHODS, N0, NOISE_BATCH, SEED, N
+from .image_processing_dmae import DMAEImageProcessor
 from .smoothed_classifier import SmoothedClassifier
 
 logger = logging.get_logger(__name__)
@@ -39,7 +37,7 @@ AUTOCAST_DTYPES = {
     torch.float16: torch.float16,
 }
 
-# Call arguments routed to `model.certify` (and from there to `dmae_hf.smoothing.certify`).
+# Call arguments routed to g.certify (and from there to `dmae_hf.smoothing.certify`).
 METHOD_OPTIONS = tuple(dict.fromkeys(option for options in METHODS.values() for option in options))
 CERTIFY_PARAMETERS = ("n0", "n", "alpha", "seed", "method", *METHOD_OPTIONS, "progress")
 MAX_PIXELS = 50_000_000  # larger images are refused before their pixels are decoded
@@ -56,26 +54,27 @@ def parse_autocast_dtype(value):
 class RandomizedSmoothingPipeline(Pipeline):
     """Certified image classification with randomized smoothing (Cohen et al., 2019).
 
-    For each image, returns `{"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha",
-    "resolution", "denoiser"}`: with probability at least 1 - alpha the smoothed classifier g predicts `label` on the
-    whole L2 ball of `radius` around the image, the L2 norm being that of [0, 1] pixels at `resolution` = [H, W],
-    the model's input. When CERTIFY abstains, `label` and `class_id` are `None` and `radius` is 0.0.
+    For each image, returns `{"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "sigma_override",
+    "n0", "n", "alpha", "resolution", "shrink", "note", "denoiser", "caveat"}`: with probability at least 1 - alpha the
+    smoothed classifier g predicts `label` on the whole L2 ball of `radius` around the image, the L2 norm being that
+    of [0, 1] pixels at `resolution` = [H, W], the model's input. When CERTIFY abstains, `label` and `class_id` are
+    `None` and `radius` is 0.0. `shrink` is the factor by which the image was scaled down to reach the model's input
+    (1.0: not at all), and `note` a one-line warning when it exceeds `defaults.MAX_SHRINK` (else None). `caveat` is
+    `defaults.CERTIFICATE_CAVEAT`: a certificate proves the answer stable, not correct.
 
-    Models: a DMAE classifier (certified at its `config.smoothing_sigma`), or any image classifier with its own
-    image processor (ViT, ConvNeXt, ResNet, ...): the processor brings the clean image to the model's input
-    resolution without normalising it, the noise is added to those [0, 1] pixels in float32, and the processor's
-    rescaling and mean/std run inside f on the noisy image. Construction arguments (`pipeline(..., sigma=...,
-    denoiser=...)`): sigma (`float`): the noise std in [0, 1] pixels, required for models without
-    `smoothing_sigma` (values above 1, e.g. 0-255 units, are refused); denoiser: a DMAE pre-training checkpoint
-    (path, Hub id, short name or `DMAEForPreTraining`) put in front of the classifier, f(x~) = model(D(x~)),
-    trained at that sigma.
+    The pipeline builds g (`SmoothedClassifier`, attribute `smoothed`) and calls it: g.preprocess brings each image to
+    the model's input (the one image decoder, then one call of the model's image processor, without normalising),
+    and g.certify certifies it. Construction arguments (`pipeline(..., sigma=..., denoiser=..., override_sigma=...)`):
+    sigma (`float`, in [0, 1] pixel units): default the sigma the model (or the denoiser) was trained for, required
+    for models without one; denoiser: a DMAE pre-training checkpoint (path, Hub id, short name or
+    `DMAEForPreTraining`) put in front of the classifier, f(x~) = model(D(x~)); override_sigma (`bool`): allow a sigma
+    other than the trained one (recorded in `sigma_override`). The sigma rule is `defaults.check_sigma`.
 
-    Inputs: PIL images (any mode; converted to RGB by the image processor), image file paths, numpy arrays (HWC or
-    HW, `uint8`, `uint16` or float in [0, 1]), (C, H, W) tensors, or lists of them (a list, or a (B, C, H, W)
-    tensor, gives a list of results). Every image is brought to the model's input size before any noise is added:
-    by the checkpoint's processor (ImageNet: shortest edge 256, center crop 224) and, when that leaves another size,
-    by resizing the shortest edge to `image_size` (bicubic) and center-cropping (logged once per pipeline). Float
-    (C, H, W) tensors are certified as given, so they must already be (3, image_size, image_size).
+    Inputs: PIL images (any mode), image file paths, numpy arrays (HWC or HW, `uint8`, `uint16` or float in [0, 1]),
+    (C, H, W) tensors, or lists of them (a list, or a (B, C, H, W) tensor, gives a list of results). A DMAE model's
+    processor also brings images it leaves at another size to `image_size` (shortest edge, bicubic, center crop;
+    logged once per pipeline). Float (C, H, W) tensors are certified as given, so they must already be the model's
+    input size.
 
     Call arguments (also accepted by `pipeline(...)`, where they become defaults):
         n0 (`int`, 100): selection samples. n (`int`, 10000): estimation samples. alpha (`float`, 0.001): failure
@@ -92,9 +91,6 @@ class RandomizedSmoothingPipeline(Pipeline):
         `"error"` message, `label`/`class_id` None, `radius` and `pA_lower` 0.0 (trivially valid), `abstained` True
         and `resolution` None, and a logged warning, while the others are certified; "raise" stops at the first
         one. A single image always raises a `ValueError`. Invalid arguments (n0 > n, alpha, ...) always raise.
-
-    A DMAE classifier's sigma is its `config.smoothing_sigma`, the level it was fine-tuned for, and cannot be
-    changed here (use `model.certify(..., sigma=...)` for other levels).
     """
 
     _load_image_processor = None  # the checkpoint's processor when it has one, else rescale-only (see __init__)
@@ -104,7 +100,7 @@ class RandomizedSmoothingPipeline(Pipeline):
     _load_video_processor = False
     max_pixels = MAX_PIXELS
 
-    def __init__(self, *args, batch_size=None, sigma=None, denoiser=None, **kwargs):
+    def __init__(self, *args, batch_size=None, sigma=None, denoiser=None, override_sigma=False, **kwargs):
         if batch_size is not None:
             kwargs["noise_batch_size"] = batch_size
         super().__init__(*args, **kwargs)
@@ -118,12 +114,14 @@ class RandomizedSmoothingPipeline(Pipeline):
                            "only rescales to [0, 1] (save a DMAEImageProcessor next to the model to resize or crop).")
             self.image_processor = DMAEImageProcessor.for_cifar10()
         self.smoothed = SmoothedClassifier(self.model, sigma=sigma, image_processor=self.image_processor,
-                                           denoiser=denoiser).to(self.device)
-        self.denoiser_name = None if denoiser is None else (  # the result's "denoiser": its path, id or name
-            str(denoiser) if isinstance(denoiser, (str, os.PathLike)) else
-            str(self.smoothed.denoiser.name_or_path or type(denoiser).__name__))
+                                           denoiser=denoiser, override_sigma=override_sigma).to(self.device)
         self.smoothed.eval()
         self._resize_logged = False
+
+    @property
+    def denoiser_name(self) -> str | None:
+        """The result's "denoiser": its path, Hub id or short name (`SmoothedClassifier.denoiser_name`)."""
+        return self.smoothed.denoiser_name
 
     def __call__(self, inputs, **kwargs):
         """Certify one image (returns a dict) or a list of images (returns a list of dicts); see the class doc."""
@@ -141,11 +139,12 @@ class RandomizedSmoothingPipeline(Pipeline):
             kwargs["errors"] = "raise"  # a single image: its problem is the caller's error
         return super().__call__(inputs, batch_size=1, **kwargs)
 
-    def _sanitize_parameters(self, noise_batch_size=None, autocast_dtype=None, sigma=None, max_pixels=None,
-                             resize=None, errors=None, **kwargs):
-        if sigma is not None:
+    def _sanitize_parameters(self, noise_batch_size=None, autocast_dtype=None, sigma=None, override_sigma=None,
+                             max_pixels=None, resize=None, errors=None, **kwargs):
+        if sigma is not None or override_sigma is not None:
             raise ValueError("sigma is fixed when the pipeline is created: pipeline('certified-image-classification', "
-                             "model=..., sigma=...) (a DMAE classifier's is its config.smoothing_sigma).")
+                             "model=..., sigma=..., override_sigma=...) (default: the sigma the model was trained "
+                             "for).")
         unknown = sorted(set(kwargs) - set(CERTIFY_PARAMETERS))
         if unknown:
             raise ValueError(f"Unknown argument(s) {unknown} for certified-image-classification; expected "
@@ -172,62 +171,24 @@ class RandomizedSmoothingPipeline(Pipeline):
         return preprocess_kwargs, forward_kwargs, {}
 
     def preprocess(self, image, max_pixels=None, resize=True, errors="report"):
-        """An image (or path) -> `{"pixel_values": (1, 3, S, S) float32 tensor in [0, 1]}`, S = config.image_size;
-        with errors="report", a `ValueError` becomes `{"error": message}`."""
+        """An image (or path) -> `{"pixel_values": (1, 3, H, W) float32 tensor in [0, 1], "shrink": float}` at the
+        model's input, by `SmoothedClassifier.preprocess` (the one decoder, then one image-processor call); with
+        errors="report", a `ValueError` becomes `{"error": message}`."""
         try:
-            return {"pixel_values": self._pixel_values(image, self.max_pixels if max_pixels is None else max_pixels,
-                                                       resize)}
+            pixel_values, shrink, original_size = self.smoothed.preprocess(
+                image, self.max_pixels if max_pixels is None else max_pixels, resize=resize)
         except ValueError as error:
             if errors == "raise":
                 raise
             logger.warning(f"certified-image-classification: image skipped: {error}")
             return {"error": str(error)}
-
-    def _pixel_values(self, image, max_pixels, resize):
-        input_size = self.smoothed.input_size
-        if isinstance(image, torch.Tensor) and image.ndim == 3 and image.is_floating_point():
-            return self._float_tensor(image, input_size)
-        image = decode_image(image, max_pixels)
-        processor = self.image_processor
-        # (by name: under trust_remote_code the processor's class may come from another copy of this module)
-        if type(processor).__name__ != DMAEImageProcessor.__name__:  # transformers': its resize, not its normalise
-            pixel_values = processor(image.convert("RGB"), do_rescale=False, do_normalize=False,
-                                     return_tensors="pt")["pixel_values"]
-            if pixel_values.dtype != torch.uint8:
-                pixel_values = pixel_values.clamp(0, 255).round()
-            pixel_values = pixel_values.float() / 255.0
-            if input_size is not None and tuple(pixel_values.shape[-2:]) != input_size:
-                raise ValueError(f"The image processor gives {tuple(pixel_values.shape[-2:])} pixel values, not the "
-                                 f"model's {input_size} input: configure it to resize and crop to that size.")
-            return pixel_values
-        size = self.model.config.image_size
-        image = processor.resize_and_crop(image)
-        if image.size != (size, size):
-            if not resize:
-                raise ValueError(f"The image is {image.size[0]}x{image.size[1]} after processing, not the model's "
-                                 f"{size}x{size} input, and resize=False: resize it first, or pass resize=True.")
-            if not self._resize_logged:
-                logger.warning(f"certified-image-classification: images are resized to the model's {size}x{size} "
-                               f"input (shortest edge, bicubic, center crop) before the noise, e.g. "
-                               f"{image.size[0]}x{image.size[1]}; radii are in [0, 1] pixel units at {size}x{size}.")
-                self._resize_logged = True
-            image = processor.fit(image, size)
-        return torch.from_numpy(processor.to_array(image)).unsqueeze(0)
-
-    def _float_tensor(self, image, input_size):
-        """A float (C, H, W) tensor, certified as given: checked, not resized."""
-        if image.numel() == 0:
-            raise ValueError(f"Empty image tensor of shape {tuple(image.shape)}: an image needs at least one pixel.")
-        pixel_values = image.detach().float().cpu().unsqueeze(0)
-        check_pixel_values(pixel_values, num_channels=getattr(self.model.config, "num_channels", 3), clean=True)
-        lo, hi = pixel_values.min().item(), pixel_values.max().item()
-        if lo < 0 or hi > 1:
-            raise ValueError(f"Float image tensors must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}].")
-        if input_size is not None and tuple(image.shape[-2:]) != input_size:
-            raise ValueError(f"A float tensor is certified as given, so it must be the model's input size (3, "
-                             f"{input_size[0]}, {input_size[1]}), got {tuple(image.shape)}: resize it, or pass it as "
-                             "a PIL image or uint8 array, which the pipeline resizes.")
-        return pixel_values
+        height, width = pixel_values.shape[-2:]
+        if original_size != (height, width) and not self._resize_logged:
+            logger.warning(f"certified-image-classification: images are resized to the model's {height}x{width} "
+                           f"input (by its image processor) before the noise, e.g. {original_size[1]}x"
+                           f"{original_size[0]}; radii are in [0, 1] pixel units at {height}x{width}.")
+            self._resize_logged = True
+        return {"pixel_values": pixel_values.unsqueeze(0), "shrink": shrink}
 
     def _forward(self, model_inputs, n0=N0, n=N, alpha=ALPHA, batch_size=NOISE_BATCH, seed=SEED, method="cohen",
                  autocast_dtype=None, progress=None, **method_kwargs):
@@ -239,28 +200,34 @@ class RandomizedSmoothingPipeline(Pipeline):
         certificate = self.smoothed.certify(pixel_values, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
                                             method=method, autocast_dtype=autocast_dtype, progress=progress,
                                             **method_kwargs)
-        return {"certificate": certificate, "resolution": list(pixel_values.shape[-2:])}
+        return {"certificate": certificate, "resolution": list(pixel_values.shape[-2:]),
+                "shrink": model_inputs["shrink"]}
 
     def postprocess(self, model_outputs):
+        g = self.smoothed
+        common = {"sigma": g.sigma, "sigma_override": g.sigma_override, "denoiser": g.denoiser_name,
+                  "caveat": CERTIFICATE_CAVEAT}
         if "error" in model_outputs:
             return {"error": model_outputs["error"], "label": None, "class_id": None, "radius": 0.0, "pA_lower": 0.0,
-                    "abstained": True, "sigma": self.smoothed.sigma, "n0": model_outputs["n0"],
-                    "n": model_outputs["n"], "alpha": model_outputs["alpha"], "resolution": None,
-                    "denoiser": self.denoiser_name}
+                    "abstained": True, "n0": model_outputs["n0"], "n": model_outputs["n"],
+                    "alpha": model_outputs["alpha"], "resolution": None, "shrink": None, "note": None, **common}
         certificate = model_outputs["certificate"]
         class_id = certificate.prediction
         return {
-            "label": None if class_id is None else self.smoothed.id2label.get(class_id, str(class_id)),
+            "label": None if class_id is None else g.id2label.get(class_id, str(class_id)),
             "class_id": class_id,
             "radius": certificate.radius,
             "pA_lower": certificate.pA_lower,
             "abstained": certificate.abstained,
-            "sigma": certificate.sigma,
             "n0": certificate.n0,
             "n": certificate.n,
             "alpha": certificate.alpha,
             "resolution": model_outputs["resolution"],
-            "denoiser": self.denoiser_name,
+            "shrink": model_outputs["shrink"],
+            "note": g.shrink_note(model_outputs["shrink"]),
+            **common,
+            "sigma": certificate.sigma,
+            "sigma_override": certificate.sigma_override,
         }
 
 

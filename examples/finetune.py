@@ -10,13 +10,14 @@ Loss (computed by `DMAEForSmoothedClassification` in training mode): m noisy cop
 clean and noisy accuracy on a validation set held out from the training split; at the end a quick CERTIFY on that
 set (small n) when `dmae_hf.smoothing` provides it.
 
-    # CIFAR-10, tiny model, CPU (uoft-cs/cifar10 from the Hub, or a local Hub-layout copy:
-    # --dataset $DMAE_DATA_DIR/cifar10 or ../shared/data/cifar10)
+    # CIFAR-10, tiny model, CPU (uoft-cs/cifar10 from the Hub, or --dataset PATH: a local copy in the Hub layout,
+    # a folder holding data/{split}-*.parquet)
     python examples/finetune.py --model runs/pt/final --dataset uoft-cs/cifar10 --image-column img \
         --batch-size 64 --grad-accum 1 --epochs 1 --val-size 500 --num-workers 1 --output-dir runs/ft
     # paper CIFAR-10 recipe from a ViT-B DMAE checkpoint
     python examples/finetune.py --model dmae-vit-base --dataset uoft-cs/cifar10 --image-size 224 --batch-size 64 \
-        --grad-accum 4 --epochs 50 --blr 5e-4 --layer-decay 0.65 --drop-path 0.1 --label-smoothing 0.1 --sigma 0.25
+        --grad-accum 4 --epochs 50 --blr 5e-4 --layer-decay 0.65 --drop-path 0.1 --label-smoothing 0.1 \
+        --smoothing-sigma 0.25
 
 Checkpoints (`--save-every`, `--keep-checkpoints`) are written atomically without pickle; `--resume` continues
 from the newest complete one. Bad input ends with one line `error: ...` and exit status 2 (`--debug`: traceback).
@@ -42,13 +43,14 @@ from dmae_hf.training.arguments import (  # noqa: E402
     HelpFormatter,
     add_arguments,
     add_common_args,
+    add_renamed,
     run_main,
     training_arguments,
 )
 from dmae_hf.training.augment import DeviceAugment, MixupCutmix, to_float  # noqa: E402
+from dmae_hf.training.data_setup import DataSetup  # noqa: E402
 from dmae_hf.training.loop import end_run, make_accelerator, push_folder_to_hub, save_final, start_run, train  # noqa: E402
 from dmae_hf.training.optim import param_groups_layer_decay, schedule_lengths  # noqa: E402
-from dmae_hf.training.streams import DataSetup  # noqa: E402
 
 
 @dataclass
@@ -56,7 +58,8 @@ class ClassifierArguments:
     """The smoothed classifier's base classifier f and its noisy fine-tuning objective."""
 
     num_labels: int | None = field(default=None, metadata={"help": "classes (None: the ClassLabel's number)"})
-    sigma: float = field(default=0.25, metadata={"help": "smoothing noise std in [0,1] pixels"})
+    smoothing_sigma: float = field(default=0.25, metadata={
+        "help": "smoothing noise std in [0,1] pixels: the sigma the classifier is trained for and certified at"})
     consistency_lambda: float = field(default=2.0, metadata={"help": "weight of the KL consistency term"})
     consistency_eta: float = field(default=0.5, metadata={"help": "weight of the entropy term"})
     num_noise_samples: int = field(default=2, metadata={"help": "noisy copies per image (m)"})
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     for title, cls in (("smoothed classifier", ClassifierArguments), ("augmentation", AugmentationArguments),
                        ("evaluation", EvaluationArguments)):
         add_arguments(parser, cls, title)
+    add_renamed(parser, "--sigma", "--smoothing-sigma (the noise the classifier is trained for)")
     return parser
 
 
@@ -110,7 +114,7 @@ def parse_args(argv=None):
 
 
 def build_model(args, common, num_labels: int, class_names) -> DMAEForSmoothedClassification:
-    overrides = dict(smoothing_sigma=args.sigma, consistency_lambda=args.consistency_lambda,
+    overrides = dict(smoothing_sigma=args.smoothing_sigma, consistency_lambda=args.consistency_lambda,
                      consistency_eta=args.consistency_eta, num_noise_samples=args.num_noise_samples,
                      label_smoothing=args.label_smoothing, drop_path_rate=args.drop_path, num_labels=num_labels)
     if class_names:
@@ -156,7 +160,7 @@ def quick_certify(model, val_stream, args, output_dir: str, device) -> dict | No
     from torch.utils.data import DataLoader
 
     from dmae_hf.certification.analysis import DEFAULT_RADII, certificate_arrays, certified_accuracy, plot_curve
-    from dmae_hf.training.data import collate
+    from dmae_hf.training.streams import collate
 
     model.eval()
     records, certificates, seconds = [], [], []

@@ -7,8 +7,8 @@ masked, and the decoder reconstructs the clean image; the loss averages over all
 masked patches only, the MAE baseline). AdamW(0.9, 0.95), weight decay 0.05 except on 1-D parameters and biases,
 lr = blr * effective batch / 256 with per-step linear warmup and half-cosine decay.
 
-    # CPU smoke run on CIFAR-10 with the tiny model (uoft-cs/cifar10 from the Hub, or a local Hub-layout copy:
-    # --dataset $DMAE_DATA_DIR/cifar10 or ../shared/data/cifar10)
+    # CPU smoke run on CIFAR-10 with the tiny model (uoft-cs/cifar10 from the Hub, or --dataset PATH: a local copy
+    # in the Hub layout, a folder holding data/{split}-*.parquet)
     python examples/pretrain.py --preset tiny --dataset uoft-cs/cifar10 --image-column img \
         --batch-size 64 --grad-accum 1 --max-steps 200 --warmup-steps 20 --num-workers 1 --output-dir runs/pt
     # paper ViT-B on ImageNet, 8 GPUs
@@ -28,11 +28,17 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a source checkout
 
 from dmae_hf import DMAEConfig, DMAEForPreTraining  # noqa: E402
-from dmae_hf.training.arguments import HelpFormatter, add_common_args, run_main, training_arguments  # noqa: E402
+from dmae_hf.training.arguments import (  # noqa: E402
+    HelpFormatter,
+    add_common_args,
+    add_renamed,
+    run_main,
+    training_arguments,
+)
 from dmae_hf.training.augment import DeviceAugment  # noqa: E402
+from dmae_hf.training.data_setup import DataSetup  # noqa: E402
 from dmae_hf.training.loop import end_run, make_accelerator, push_folder_to_hub, save_final, start_run, train  # noqa: E402
 from dmae_hf.training.optim import param_groups_weight_decay, schedule_lengths  # noqa: E402
-from dmae_hf.training.streams import DataSetup  # noqa: E402
 from dmae_hf.training.visualize import save_reconstruction  # noqa: E402
 
 
@@ -40,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(parser, "pretrain")
     g = parser.add_argument_group("DMAE")
-    g.add_argument("--sigma", type=float, default=0.25, help="pre-training noise std in [0,1] pixels")
+    g.add_argument("--noise-sigma", type=float, default=0.25,
+                   help="pre-training noise std in [0,1] pixels (--mae: 0)")
+    add_renamed(parser, "--sigma", "--noise-sigma (the pre-training noise)")
     g.add_argument("--mask-ratio", type=float, default=0.75, help="fraction of patches masked")
     g.add_argument("--mae", action="store_true", help="MAE baseline: no noise, loss on masked patches only")
     g.add_argument("--no-norm-pix-loss", action="store_true", help="regress raw pixels, not per-patch normalised")
@@ -58,7 +66,7 @@ def parse_args(argv=None):
 
 def build_model(args, common) -> DMAEForPreTraining:
     overrides = common.model.config_overrides(common.data.dataset)
-    overrides.update(noise_sigma=0.0 if args.mae else args.sigma, mask_ratio=args.mask_ratio,
+    overrides.update(noise_sigma=0.0 if args.mae else args.noise_sigma, mask_ratio=args.mask_ratio,
                      loss_on_all_patches=not args.mae, norm_pix_loss=not args.no_norm_pix_loss)
     if args.init_from:
         return DMAEForPreTraining.from_pretrained(args.init_from, **overrides)

@@ -15,26 +15,31 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def find_data_dir() -> Path:
-    """The shared real data: `$DMAE_DATA_DIR`, else `<repo>/../shared/data` (where CI lays it)."""
-    candidates = [os.environ.get("DMAE_DATA_DIR"), REPO_ROOT.parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "cifar10").is_dir():
-            return Path(candidate)
-    raise FileNotFoundError(f"No real test data (a folder holding cifar10/ and imagenet-sample/ in the Hub parquet "
-                            f"layout) in {[str(c) for c in candidates if c]}; set DMAE_DATA_DIR to such a folder.")
+DATA_DIR = REPO_ROOT / "tests" / "data"  # the committed fixture: see tests/data/README.md
+FULL_CIFAR10_ENV = "DMAE_FULL_CIFAR10"
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    return find_data_dir()
+    """The real-data fixture in the Hub parquet layout: `cifar10/` (200 test, 1,000 train images) and
+    `imagenet-sample/` (20 photos)."""
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def full_cifar10() -> Path:
+    """The full CIFAR-10 in the Hub layout, for opt-in tests: `$DMAE_FULL_CIFAR10`, else the test is skipped."""
+    path = os.environ.get(FULL_CIFAR10_ENV)
+    if not path:
+        pytest.skip(f"needs the full CIFAR-10: set {FULL_CIFAR10_ENV}=<a folder with data/{{split}}-*.parquet>")
+    if not (Path(path) / "data").is_dir():
+        pytest.fail(f"{FULL_CIFAR10_ENV}={path} holds no data/ folder of parquet shards")
+    return Path(path)
 
 
 @pytest.fixture(scope="session")
 def cifar10_test_images(data_dir):
-    """The first 20 real CIFAR-10 test images (class-interleaved) as PIL images, with labels."""
+    """The first 20 real CIFAR-10 test images of the fixture (class-interleaved) as PIL images, with labels."""
     import datasets
 
     ds = datasets.load_dataset(str(data_dir / "cifar10"), split="test", streaming=True)

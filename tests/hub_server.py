@@ -16,6 +16,7 @@ checked with huggingface_hub 2.4.0 and transformers 5.24.0):
     GET  /api/models/{repo}/tree/{rev}[/{path}]   -> [{"type": "file", "path", "size", "oid"}]
     HEAD/GET /{repo}/resolve/{rev}/{path}         -> bytes with X-Repo-Commit, ETag, Content-Length;
                                                      404 + X-Error-Code EntryNotFound / RepoNotFound / RevisionNotFound
+    GET  /api/models?author={namespace}           -> [{"id"}] of that namespace's repositories (one page)
     GET  /api/whoami-v2                           -> a fixed user
 
 Dataset repositories (`hub.add_dataset(repo_id, files, gated=...)`; the routes `datasets.load_dataset(repo_id,
@@ -32,10 +33,12 @@ streaming=True)` calls through huggingface_hub's `HfFileSystem`; checked with da
 
 Use as a context manager: `with FakeHub() as hub: hub.endpoint ...`; `hub.requests` logs (method, path).
 `point_client_at(monkeypatch, endpoint, cache_dir)` points this process's Hub client (huggingface_hub reads its
-settings at import time) at it, for in-process tests; subprocesses take `HF_ENDPOINT` etc. in their environment.
+settings at import time) at it, for in-process tests, with a fresh `dmae_hf.hub.reach` probe; subprocesses take
+`HF_ENDPOINT` etc. in their environment.
 """
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -128,6 +131,8 @@ def point_client_at(monkeypatch, endpoint: str, cache_dir, offline: bool = False
     from huggingface_hub.utils import _http
     from transformers.utils import hub
 
+    from dmae_hf.hub import reach as _reach
+
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
@@ -136,6 +141,8 @@ def point_client_at(monkeypatch, endpoint: str, cache_dir, offline: bool = False
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(hub.hf_api(), "endpoint", endpoint)
     monkeypatch.setattr(_http, "time", _NoSleep())
+    _reach._probe.cache_clear()  # a port may be reused: probe this endpoint afresh (and again after the test)
+    monkeypatch.setattr(_reach, "_probe", functools.cache(_reach._probe.__wrapped__))
     if token:
         monkeypatch.setenv("HF_TOKEN", token)
 
@@ -324,6 +331,10 @@ def _handler_for(hub: FakeHub):
                 if filename not in repo.files:
                     return self._error(404, "EntryNotFound", f"{filename} does not exist at {revision}")
                 return self._send_file(repo, repo.files[filename])
+            if path == "/api/models":  # list_models(author=...): ids only, no pagination (a Link header would page)
+                author = query.get("author", [""])[0]
+                return self._send(200, [{"id": repo_id, "modelId": repo_id, "private": False}
+                                        for repo_id in sorted(hub.repos) if repo_id.startswith(f"{author}/")])
             if path == "/api/whoami-v2":
                 return self._send(200, {"type": "user", "name": USER, "orgs": [],
                                         "auth": {"accessToken": {"role": "write"}}})

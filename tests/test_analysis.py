@@ -293,3 +293,40 @@ def test_plot_curve_draws_the_definition_on_given_axes():
     assert values.tolist() == brute == line.get_ydata().tolist() == curve(correct, radius, grid).tolist()
     assert grid[0] == 0 and grid[-1] == pytest.approx(2.1) and ax.get_ylim() == (0, 1)
     plt.close(fig)
+
+
+# Rows of a `dmae certify --method adaptive --n 2000 --first-look 200` log written before the certification modules
+# were split (the embedded model on CIFAR-10): an image may stop at an early look, so `samples` varies.
+LOG_ADAPTIVE = """idx\tlabel\tpredict\tradius\tcorrect\ttime\tpA_lower\tsamples
+0\t0\t8\t0.445681\t0\t7.757\t0.962684\t2100
+1\t1\t1\t0.486454\t1\t7.595\t0.974161\t2100
+2\t2\t2\t0.289359\t1\t6.860\t0.876452\t2100
+3\t3\t3\t0.194409\t1\t8.090\t0.781609\t2100
+25\t5\t-1\t0.000000\t0\t7.316\t0.402946\t1700
+"""
+# `dmae certify` on images without labels (a folder without class folders): label -1, never correct.
+LOG_UNLABELLED = """idx\tlabel\tpredict\tradius\tcorrect\ttime\tpA_lower\tsamples
+0\t-1\t3\t0.276000\t0\t1.000\t0.866000\t1100
+1\t-1\t-1\t0.000000\t0\t1.000\t0.400000\t1100
+"""
+
+
+def test_adaptive_logs_and_unlabelled_images(tmp_path, capsys):
+    adaptive, unlabelled, mixed = tmp_path / "adaptive.tsv", tmp_path / "unlabelled.tsv", tmp_path / "mixed.tsv"
+    adaptive.write_text(LOG_ADAPTIVE)
+    unlabelled.write_text(LOG_UNLABELLED)
+    mixed.write_text(LOG_ADAPTIVE + LOG_UNLABELLED.split("\n", 1)[1].replace("0\t-1", "4\t-1").replace(
+        "1\t-1\t-1", "5\t-1\t-1"))
+    with pytest.warns(ImageSetMismatchWarning):
+        results = analyze_logs([adaptive, unlabelled, mixed], radii=[0.0, 0.25])
+    a, u, m = results["rows"]
+    assert a["certified_accuracy"] == [0.6, 0.4] and a["acr"] == pytest.approx((0.486454 + 0.289359 + 0.194409) / 5)
+    assert a["mean_samples"] == (4 * 2100 + 1700) / 5
+    assert (u["n_images"], u["n_unlabelled"], u["certified_accuracy"], u["acr"]) == (0, 2, [None, None], None)
+    assert u["abstention_rate"] == 0.5 and u["mean_samples"] == 1100
+    assert (m["n_images"], m["n_unlabelled"], m["certified_accuracy"]) == (5, 2, a["certified_accuracy"])
+    assert results["envelope_source"] == ["adaptive", "adaptive"]  # a log without labels is in no envelope
+    assert main(["analyze", str(adaptive), str(unlabelled), "--plot", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| adaptive | 5 | 60.0 [" in out and "| unlabelled | 0 | n/a | n/a | n/a | n/a | n/a | n/a |" in out
+    assert "- unlabelled: abstained 50.0%, 2 unlabelled image(s), not in the accuracy" in out

@@ -21,7 +21,8 @@ from transformers import (
 )
 
 from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEImageProcessor, SmoothedClassifier, smoothing
-from dmae_hf.certification.dataset import image_seed, read_rows
+from dmae_hf.certification.dataset import image_seed
+from dmae_hf.certification.log import read_rows
 from dmae_hf.cli import main
 
 TASK = "certified-image-classification"
@@ -135,13 +136,13 @@ def test_torch_module_route(cifar10_test_images):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("sigma, message", [
-    (None, "sigma is required: ViTForImageClassification has no smoothing_sigma"),
-    (64, r"sigma = 64 is larger than 1.0: sigma is in \[0, 1\] pixel units .* 0-255 units divide by 255"),
+    (None, "sigma is required: ViTForImageClassification has no trained sigma"),
+    (64, r"sigma = 64 is larger than 1: it is in \[0, 1\] pixel units .* 0-255 units divide by 255"),
     (255.0, "divide by 255"),
-    (-0.25, "sigma must be a positive number"),
-    (0.0, "sigma must be a positive number"),
-    (float("nan"), "sigma must be a positive number"),
-    ("0.25", "sigma must be a positive number"),
+    (-0.25, r"sigma must be a number in \(0, 1\]"),
+    (0.0, r"sigma must be a number in \(0, 1\]"),
+    (float("nan"), r"sigma must be a number in \(0, 1\]"),
+    ("0.25", r"sigma must be a number in \(0, 1\]"),
 ])
 def test_sigma_is_required_and_in_pixel_units(sigma, message, saved):
     with pytest.raises(ValueError, match=message):
@@ -156,8 +157,10 @@ def test_dmae_classifiers_keep_their_sigma_and_their_certificates(tmp_path, cifa
     x = certifier.preprocess(images[2])["pixel_values"][0]
     assert certifier(images[2], **SMALL)["pA_lower"] == certifier.model.certify(x, **SMALL).pA_lower
     assert pipeline(TASK, model=str(path), sigma=0.25, device="cpu").smoothed.sigma == 0.25  # its own: allowed
-    with pytest.raises(ValueError, match="fine-tuned for sigma = 0.25"):
+    with pytest.raises(ValueError, match="trained for sigma = 0.25, not 0.5"):
         pipeline(TASK, model=str(path), sigma=0.5, device="cpu")
+    assert pipeline(TASK, model=str(path), sigma=0.5, override_sigma=True, device="cpu")(images[2], **SMALL)[
+        "sigma_override"] is True
 
 
 @pytest.mark.timeout(120)
@@ -261,7 +264,7 @@ def test_denoiser_refusals(saved, tmp_path):
     cases = [
         (dict(denoiser=str(build_classifier(tmp_path / "clf"))),
          "not a DMAE pre-training checkpoint .it holds DMAEForSmoothed.*decoder"),
-        (dict(denoiser=str(tmp_path / "d05"), sigma=0.25), "trained at noise_sigma = 0.5, not at sigma = 0.25"),
+        (dict(denoiser=str(tmp_path / "d05"), sigma=0.25), "trained for sigma = 0.5, not 0.25.*override_sigma"),
         (dict(denoiser=str(tmp_path / "mae")), "without noise"),
         (dict(denoiser=torch.nn.Identity(), sigma=0.25), "denoiser must be a DMAEForPreTraining"),
     ]
@@ -294,7 +297,7 @@ def test_certificates_with_a_denoiser_in_front_are_sound():
             score = image.mean(dim=(1, 2, 3)).double() - threshold
             return torch.stack([-score, score], dim=1).float()
 
-    smoothed = SmoothedClassifier(Threshold(), denoiser=denoiser)  # sigma: the denoiser's 0.5
+    smoothed = SmoothedClassifier(Threshold().eval(), denoiser=denoiser)  # sigma: the denoiser's 0.5
     trials, failures, certified = 300, 0, 0
     for seed in range(trials):
         cert = smoothed.certify(x, n0=10, n=100, alpha=0.1, seed=seed, batch_size=110)

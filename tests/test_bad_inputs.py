@@ -9,10 +9,17 @@ import re
 
 import pytest
 import torch
-from transformers import AutoModelForImageClassification
+from transformers import (
+    AutoModelForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+    pipeline,
+)
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from dmae_hf import DMAEConfig, DMAEForSmoothedClassification
+from dmae_hf import DMAEConfig, DMAEForPreTraining, DMAEForSmoothedClassification, SmoothedClassifier
 from dmae_hf.hub.convert import CheckpointError, convert, official_name
 from dmae_hf.smoothing import certify, predict
 
@@ -46,6 +53,58 @@ def config_json(tmp, **fields):
     data = json.loads((folder / "config.json").read_text()) | fields
     (folder / "config.json").write_text(json.dumps(data))
     return DMAEConfig.from_pretrained(folder)
+
+
+def tiny(**fields):
+    return DMAEConfig.from_preset("tiny", num_labels=10, **fields)
+
+
+def pretrain(**kwargs):
+    """DMAEForPreTraining's forward on 2 images (or `pixel_values`), with `kwargs`."""
+    torch.manual_seed(0)
+    return DMAEForPreTraining(tiny())(**{"pixel_values": torch.rand(2, 3, 32, 32), **kwargs})
+
+
+def finetune(labels):
+    """The noisy fine-tuning loss of 2 images with `labels`."""
+    torch.manual_seed(0)
+    return DMAEForSmoothedClassification(tiny()).train()(torch.rand(2, 3, 32, 32), labels=labels)
+
+
+def vit():
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, intermediate_size=64, num_labels=10)).eval()
+
+
+class NamedOutput(BaseImageProcessor):
+    """An image processor that gives `images`, not `pixel_values` (while claiming pixel_values)."""
+
+    def preprocess(self, images, **kwargs):
+        return BatchFeature({"images": torch.zeros(1, 3, 32, 32)})
+
+
+class TextInputs(NamedOutput):
+    model_input_names = ["input_ids"]
+
+
+def certify_through_pipeline(processor, image=None):
+    """The certified-image-classification pipeline of a tiny ViT with `processor`, on a 32x32 image."""
+    certifier = pipeline("certified-image-classification", model=vit(), image_processor=processor, sigma=0.25)
+    return certifier(image if image is not None else torch.zeros(32, 32, 3, dtype=torch.uint8).numpy(), n0=10, n=20)
+
+
+def nan_folder(tmp, kind):
+    """A saved classifier (DMAE or ViT) one of whose weights holds a NaN."""
+    model = DMAEForSmoothedClassification(tiny()) if kind == "dmae" else vit()
+    with torch.no_grad():
+        model.classifier.weight[0, 0] = NAN
+    model.save_pretrained(tmp / kind)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp / kind)
+    return tmp / kind
+
+
+ONE_LINE = r"\A[^\n]*1 weight tensor\(s\) hold NaN or Inf values: \['classifier\.weight'\][^\n]*\Z"
 
 
 class CodeExecution:
@@ -83,9 +142,10 @@ CASES = [
     ("x empty batch", lambda t: run_certify(x=torch.zeros(0, 1, 4, 4)), ValueError, "x is an empty batch"),
     ("x Inf pixel", lambda t: run_certify(x=torch.full((1, 4, 4), INF)), ValueError, "NaN or Inf"),
     ("x 5-D", lambda t: run_certify(x=torch.zeros(1, 1, 1, 4, 4)), ValueError, r"x must be a \(C, H, W\)"),
-    ("sigma NaN", lambda t: run_certify(sigma=NAN), ValueError, "sigma must be a finite number > 0"),
+    ("sigma NaN", lambda t: run_certify(sigma=NAN), ValueError, "sigma must be a (finite )?number"),
     ("sigma bool", lambda t: run_certify(sigma=True), ValueError, "sigma must be"),
     ("sigma str", lambda t: run_certify(sigma="0.25"), ValueError, "sigma must be"),
+    ("sigma 10**400", lambda t: run_certify(sigma=10**400), ValueError, r"sigma is far above 1: .*\(0, 1\]"),
     ("alpha NaN", lambda t: run_certify(alpha=NAN), ValueError, r"alpha must be in \(0, 1\)"),
     ("n float", lambda t: run_certify(n=100.5), ValueError, "n must be an integer >= 1"),
     ("n0 bool", lambda t: run_certify(n0=True), ValueError, "n0 must be an integer"),
@@ -126,8 +186,12 @@ CASES = [
      "returned 3 classes after 2"),
     # configs (built, or loaded from a config.json)
     ("smoothing_sigma NaN", lambda t: DMAEConfig(smoothing_sigma=NAN), ValueError,
-     r"smoothing_sigma must be a finite number in \[0, inf\), got nan"),
-    ("noise_sigma Inf", lambda t: DMAEConfig(noise_sigma=INF), ValueError, r"noise_sigma .*\[0, inf\), got inf"),
+     r"smoothing_sigma must be a number in \[0, 1\] .*, got nan"),
+    ("noise_sigma Inf", lambda t: DMAEConfig(noise_sigma=INF), ValueError, r"noise_sigma .*\[0, 1\] .*, got inf"),
+    ("smoothing_sigma 25", lambda t: DMAEConfig(smoothing_sigma=25), ValueError,
+     r"smoothing_sigma = 25 is larger than 1: .*divide by 255"),
+    ("hidden_size str", lambda t: DMAEConfig.from_preset("tiny", hidden_size="32"), ValueError,
+     "DMAEConfig: Field 'hidden_size' expected int, got str"),
     ("mlp_ratio 0", lambda t: DMAEConfig(mlp_ratio=0), ValueError, r"mlp_ratio .*\(0, inf\), got 0"),
     ("mlp_ratio tiny", lambda t: DMAEConfig(mlp_ratio=1e-4), ValueError, "mlp_ratio .*MLP of 0 units"),
     ("num_labels 0", lambda t: DMAEConfig(num_labels=0), ValueError, "num_labels must be an integer >= 1, got 0"),
@@ -150,12 +214,42 @@ CASES = [
     ("config.json std NaN", lambda t: config_json(t, image_std=[NAN, 1, 1]), ValueError, "image_std must hold"),
     ("config.json heads 0", lambda t: config_json(t, num_attention_heads=0), ValueError,
      "num_attention_heads must be"),
+    # model inputs
+    ("pre-training empty batch", lambda t: pretrain(pixel_values=torch.rand(0, 3, 32, 32)), ValueError,
+     r"pixel_values is an empty batch \(shape \(0, 3, 32, 32\)\)"),
+    ("pixel_noise NaN", lambda t: pretrain(pixel_noise=torch.full((2, 3, 32, 32), NAN)), ValueError,
+     "pixel_noise contains NaN or Inf"),
+    ("pixel_noise shape", lambda t: pretrain(pixel_noise=torch.zeros(1, 3, 32, 32)), ValueError,
+     r"pixel_noise must have shape \(2, 3, 32, 32\)"),
+    ("soft labels -1", lambda t: finetune(torch.full((2, 10), -1.0)), ValueError,
+     "Soft labels must be class weights >= 0 .*negative loss"),
+    ("soft labels NaN", lambda t: finetune(torch.full((2, 10), NAN)), ValueError, "Soft labels contain NaN"),
+    # smoothed classifier / pipeline: the image processor and normalisation
+    ("processor gives no pixel_values", lambda t: certify_through_pipeline(NamedOutput()), ValueError,
+     r"gave no pixel_values \(it gave \['images'\]\)"),
+    ("processor of text", lambda t: certify_through_pipeline(TextInputs()), ValueError,
+     r"image_processor must give pixel_values, and TextInputs gives \['input_ids'\]"),
+    ("processor image_mean 2 values", lambda t: certify_through_pipeline(ViTImageProcessor(image_mean=[0.5, 0.5])),
+     ValueError, "image_mean needs 3 values"),
+    ("processor image_std 0", lambda t: certify_through_pipeline(ViTImageProcessor(image_std=0)), ValueError,
+     r"image_std must hold finite numbers > 0, got \[0.0, 0.0, 0.0\]"),
+    ("processor image_std NaN", lambda t: certify_through_pipeline(ViTImageProcessor(image_std=[0.2, NAN, 0.2])),
+     ValueError, "image_std must hold finite numbers > 0"),
+    ("module image_std 0", lambda t: SmoothedClassifier(vit(), sigma=0.25, image_mean=0.5, image_std=[1, 0, 1]),
+     ValueError, r"image_std must hold finite numbers > 0, got \[1.0, 0.0, 1.0\]"),
+    ("override_sigma str", lambda t: SmoothedClassifier(vit(), sigma=0.25, override_sigma="yes"), ValueError,
+     "override_sigma must be True or False"),
+    # a model folder whose weights hold NaN: one line, whatever the classifier
+    ("NaN weight, DMAE folder", lambda t: SmoothedClassifier.from_pretrained(nan_folder(t, "dmae")), ValueError,
+     ONE_LINE),
+    ("NaN weight, ViT folder", lambda t: SmoothedClassifier.from_pretrained(nan_folder(t, "vit"), sigma=0.25),
+     ValueError, ONE_LINE),
     # conversion
     ("NaN weights", lambda t: convert(checkpoint(t, "nan.pth", lambda sd: sd["head.weight"].fill_(NAN)), t / "o1",
                                       preset="tiny", sigma=0.25),
      CheckpointError, r"1 tensor\(s\) with NaN or Inf values: \['head\.weight'\]"),
     ("--sigma -1", lambda t: convert(t / "missing.pth", t / "o2", sigma=-1.0), CheckpointError,
-     "--sigma must be a finite noise level >= 0"),
+     r"--sigma must be a number in \[0, 1\]"),
     ("--sigma NaN", lambda t: convert(t / "missing.pth", t / "o3", sigma=NAN), CheckpointError, "--sigma must be"),
     ("--sigma 0, classifier", lambda t: convert(checkpoint(t, "c.pth"), t / "o4", preset="tiny", sigma=0.0),
      CheckpointError, "pass --sigma > 0"),
@@ -191,7 +285,7 @@ def test_int_mean_and_std_are_accepted_and_stored_as_floats(tmp_path):
 def test_config_changed_to_nonsense_cannot_be_saved(tmp_path):
     config = DMAEConfig.from_preset("tiny")
     config.smoothing_sigma = NAN
-    with pytest.raises(Exception, match="smoothing_sigma must be a finite number"):  # strict's validate() wraps it
+    with pytest.raises(Exception, match="smoothing_sigma must be a number in"):  # strict's validate() wraps it
         config.save_pretrained(tmp_path)
 
 

@@ -1,7 +1,8 @@
 """One writer per certification log, and refusals instead of lost, mixed or overwritten rows (`dmae certify`).
 
 Every refusal must name the file and the problem; the ones about `--out` and the process group must come before
-the model is loaded, which the tests check by passing a model path that does not exist.
+the model is loaded, which the tests check by passing a model path that does not exist. A refused or failed run
+leaves no file behind.
 """
 
 import errno
@@ -19,7 +20,7 @@ from test_cli import FAST, certify_args, subprocess_env, without_time, write_hub
 from test_pipeline import build_classifier
 
 from dmae_hf import defaults
-from dmae_hf.certification.dataset import HEADER, LogWriter, read_rows
+from dmae_hf.certification.log import HEADER, LogWriter, read_rows
 from dmae_hf.cli import build_parser, main
 
 MISSING_MODEL = "no/such-model-dir"  # loading it would fail: a refusal that names --out came first
@@ -116,7 +117,7 @@ def test_unrelated_out_file_is_never_touched(content, tmp_path, capsys):
     assert out.read_bytes() == content
 
 
-def test_bad_locations_fail_before_the_model(tmp_path, capsys, monkeypatch):
+def test_bad_locations_fail_before_the_model(tmp_path, capsys):
     (tmp_path / "file.txt").write_text("x")
     (tmp_path / "dir").mkdir()
     cases = {
@@ -124,21 +125,44 @@ def test_bad_locations_fail_before_the_model(tmp_path, capsys, monkeypatch):
         tmp_path / "file.txt" / "sub" / "log.tsv": f"{tmp_path / 'file.txt'} is a file, not a directory",
         tmp_path / "dir": f"{tmp_path / 'dir'} is a directory; --out names the log file",
         "/dev/full": "/dev/full is not a regular file",
-        "/proc/log.tsv": "cannot write /proc/log.tsv.lock: No such file or directory",
-        "/proc/self/log.tsv": "cannot write /proc/self/log.tsv.lock",
+        "/proc/self/log.tsv": "cannot write /proc/self/log.tsv: Permission denied",  # a folder nobody may write
     }
     for out, problem in cases.items():
         error = refused(["certify", "--model", MISSING_MODEL, "--dataset", "unused", "--out", str(out)], capsys)
         assert problem in error, (out, error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file.txt"]
+
+
+EMBEDDED = ["bundled:cifar10", "--max", "1", "--n0", "10", "--n", "10", "--no-progress"]  # loads in seconds
+
+
+@pytest.mark.timeout(120)
+def test_unwritable_locations_and_a_full_disk_leave_no_file(tmp_path, capsys, monkeypatch):
+    """Found when the run first writes (the lock), after the checks: the message names the file; nothing stays."""
+    error = refused(["certify", *EMBEDDED, "--out", "/proc/log.tsv"], capsys)  # writable, says access(); is not
+    assert "cannot write /proc/log.tsv.lock: No such file or directory" in error
 
     def full_disk(fd, data, offset):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "pwrite", full_disk)  # the write of the lock holder, the first write of a run
     out = tmp_path / "full" / "log.tsv"
-    error = refused(["certify", "--model", MISSING_MODEL, "--dataset", "unused", "--out", str(out)], capsys)
+    error = refused(["certify", *EMBEDDED, "--out", str(out)], capsys)
     assert f"cannot write {out}.lock: No space left on device" in error
-    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no lock file, no log, and not the folder made for them
+    monkeypatch.undo()
+
+    real_replace = os.replace
+
+    def full_disk_replace(src, dst):
+        if str(src).endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk_replace)  # LOG.json is written through LOG.json.tmp
+    error = refused(["certify", *EMBEDDED, "--out", str(out)], capsys)
+    assert f"cannot write {out}.json: No space left on device" in error
+    assert list(tmp_path.iterdir()) == []  # no LOG.json.tmp either
 
 
 def test_a_full_disk_while_appending_names_the_log(tmp_path):
@@ -165,14 +189,14 @@ def test_stale_distributed_environment_fails_in_seconds(rank, tmp_path, capsys, 
     for key, value in {**env, "DMAE_DIST_TIMEOUT": "2"}.items():
         monkeypatch.setenv(key, value)
     start = time.time()
-    error = refused(["certify", "--model", MISSING_MODEL, "--dataset", "unused", "--out", str(tmp_path / "l.tsv")],
-                    capsys)
+    error = refused(["certify", *EMBEDDED, "--out", str(tmp_path / "l.tsv")], capsys)
     assert time.time() - start < 30
     assert "did not meet within 2 s" in error and all(f"{k}={v}" in error for k, v in env.items())
     assert "unset RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT" in error and "torchrun" in error
     monkeypatch.setenv("DMAE_DIST_TIMEOUT", "soon")
     assert "DMAE_DIST_TIMEOUT='soon' is not a number of seconds" in refused(
-        ["certify", "--model", MISSING_MODEL, "--dataset", "unused", "--out", str(tmp_path / "l.tsv")], capsys)
+        ["certify", *EMBEDDED, "--out", str(tmp_path / "l.tsv")], capsys)
+    assert list(tmp_path.iterdir()) == []
 
 
 PROJECTION = re.compile(r"first image: ([\d,]+) samples in ([\d.]+) s \(([\d,]+) samples/s\); "
@@ -227,13 +251,13 @@ def test_lock_survives_a_finished_run_only_as_a_record(tmp_path, classifier_dir,
 
 
 def test_dataset_images_above_max_pixels_are_refused_before_decoding(monkeypatch):
-    """`dmae certify` reads each dataset cell with `decode_image(cell, pipe.max_pixels)`: the size comes from the
-    header, and an oversized image is refused (and skipped with a warning) before its pixels are decoded."""
+    """`dmae certify` reads each dataset cell with `decode_image(cell, MAX_PIXELS)`: the size comes from the header,
+    and an oversized image is refused (and skipped with a warning) before its pixels are decoded."""
     import io as _io
 
     from PIL import Image
 
-    from dmae_hf.certification.dataset import decode_image
+    from dmae_hf.image_processing_dmae import decode_image
 
     buffer = _io.BytesIO()
     Image.new("RGB", (120, 100)).save(buffer, format="PNG")

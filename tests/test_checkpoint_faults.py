@@ -63,7 +63,7 @@ def _train(argv: list, fault: str | None, log: str) -> None:
 def fork(data_dir):
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "datasets", "accelerate", "transformers", "dmae_hf.training.loop",
-                                "dmae_hf.training.data", "dmae_hf.training.augment"])
+                                "dmae_hf.training.streams", "dmae_hf.training.augment"])
 
     def start(out, fault=None, resume=False, kill_after=None):
         """Run one training process; returns its exit code (-9: killed). `kill_after`: SIGKILL it that many

@@ -20,7 +20,9 @@ from test_pipeline import CIFAR10_LABELS, build_classifier
 
 from dmae_hf import DMAEForSmoothedClassification, DMAEImageProcessor
 from dmae_hf.certification.analysis import read_log
-from dmae_hf.certification.dataset import HEADER, LogWriter, format_row, image_seed, merge_logs, read_rows, shard_path
+from dmae_hf.certification.dataset import image_seed
+from dmae_hf.certification.log import HEADER, LogWriter, format_row, read_rows, shard_path
+from dmae_hf.certification.ranks import merge_logs
 from dmae_hf.cli import main
 
 FAST = ["--n0", "10", "--n", "50", "--batch", "1000", "--alpha", "0.001", "--seed", "0"]
@@ -281,7 +283,7 @@ def test_predict_prints_json(classifier_dir, cifar10_test_images, tmp_path, caps
     assert main(["predict", str(tmp_path / "car.png"), str(tmp_path / "missing.png"), "--model",
                  str(classifier_dir), "--n", "100"]) == 1
     captured = capsys.readouterr()
-    assert "car.png: " in captured.out and "missing.png: No image file" in captured.err
+    assert "car.png: " in captured.out and "missing.png: No such file or folder" in captured.err
 
 
 @pytest.mark.timeout(300)

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import random
 
 import numpy as np
 import pytest
@@ -322,8 +323,10 @@ def test_non_finite_weights_are_refused_and_named(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(sigma=-1.0), r"--sigma must be a finite noise level >= 0.*got -1\.0"),
-    (dict(sigma=float("nan")), r"--sigma must be a finite.*got nan"),
+    (dict(sigma=-1.0), r"--sigma must be a number in \[0, 1\] \(the noise std in \[0, 1\] pixel units\), got -1\.0"),
+    (dict(sigma=float("nan")), r"--sigma must be a number in \[0, 1\].*got nan"),
+    (dict(sigma=25.0), r"--sigma = 25 is larger than 1: .*divide by 255 \(25 / 255 = 0\.09804\)"),  # check_sigma
+    (dict(sigma="0.25"), r"--sigma must be a number in \[0, 1\].*got '0\.25'"),
     (dict(num_heads=0), r"--num-heads must be an integer >= 1, got 0"),
     (dict(output="a_file/out"), r"a_file is a file, not a directory"),
 ])
@@ -351,20 +354,43 @@ def test_official_training_args_are_allowed(tmp_path):
     assert "blocks.1.mlp.fc2.bias" in state
 
 
-def test_corrupt_and_truncated_files_fail_clearly(tmp_path):
+NOT_A_CHECKPOINT = r"is not a DMAE/MAE checkpoint: neither a torch\.save file .* nor safetensors"
+PLAIN_PICKLE = (r"is a plain Python pickle \(protocol {}\), not a checkpoint written by torch\.save, and not a DMAE "
+                r"checkpoint: .*weights_only=True\), which cannot load a plain pickle")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda good: good[: len(good) // 2], "corrupt or truncated checkpoint"),  # torch's zip format, cut
+    (lambda good: b"\x80\x02not a checkpoint" * 50, "corrupt or truncated checkpoint"),  # a broken pickle
+    (lambda good: bytes(random.Random(0).getrandbits(8) for _ in range(4096)), NOT_A_CHECKPOINT),  # issue 23
+    (lambda good: b"pop" + bytes(random.Random(7).getrandbits(8) for _ in range(100)), NOT_A_CHECKPOINT),
+    (lambda good: b"hello, this is text\n", NOT_A_CHECKPOINT),
+    (lambda good: b"", r"is empty \(0 bytes\), not a checkpoint"),
+    (lambda good: pickle.dumps({"model": {"w": [1.0, 2.0]}}, protocol=5), PLAIN_PICKLE.format(5)),  # issue 23
+    (lambda good: pickle.dumps({"w": bytearray(b"12")}, protocol=4), PLAIN_PICKLE.format(4)),
+    (lambda good: pickle.dumps({"w": 1}, protocol=2), PLAIN_PICKLE.format(2)),  # not torch's legacy format
+], ids=["truncated zip", "broken pickle", "random bytes", "random bytes 2", "text", "empty", "protocol-5 pickle",
+        "protocol-4 pickle", "protocol-2 pickle"])
+def test_files_that_are_not_checkpoints_are_called_what_they_are(tmp_path, make, message):
     good = tmp_path / "good.pth"
     torch.save({"model": tiny_sd()}, good)
-    truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(b"\x80\x02not a checkpoint" * 50)
+    path = tmp_path / "file.pth"
+    path.write_bytes(make(good.read_bytes()))
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+    assert ("corrupt" in str(info.value)) == (message == "corrupt or truncated checkpoint")
+
+
+def test_corrupt_safetensors_missing_files_and_safetensors_named_pth(tmp_path):
     bad_safetensors = tmp_path / "model.safetensors"
     bad_safetensors.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
-    for path in (truncated, garbage, bad_safetensors):
-        with pytest.raises(CheckpointError, match="corrupt or truncated"):
-            load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="corrupt or truncated safetensors file"):
+        load_checkpoint(bad_safetensors)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pth")
+    save_file(tiny_sd(), tmp_path / "weights.pth")  # safetensors whatever the suffix
+    assert "blocks.1.mlp.fc2.bias" in load_checkpoint(tmp_path / "weights.pth")[0]
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -427,3 +453,14 @@ def test_cli_converts_and_reports_errors(tmp_path, capsys):
     assert (out / "README.md").read_text().splitlines()[0] == "---" and "# my-dmae" in (out / "README.md").read_text()
     assert cli_main(["convert", str(tmp_path / "cls.pth"), str(tmp_path / "o2"), "--preset", "tiny"]) == 2
     assert "--sigma" in capsys.readouterr().err
+    (tmp_path / "random.pth").write_bytes(bytes(random.Random(1).getrandbits(8) for _ in range(4096)))
+    assert cli_main(["convert", str(tmp_path / "random.pth"), str(tmp_path / "o3"), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err  # issue 23: was "error: pop from empty list"
+    assert err.count("\n") == 1 and "random.pth is not a DMAE/MAE checkpoint" in err, err
+    assert not (tmp_path / "o3").exists()
+    (tmp_path / "raw.pth").write_bytes(pickle.dumps({"model": {"w": [1.0]}}, protocol=5))
+    assert cli_main(["convert", str(tmp_path / "raw.pth"), str(tmp_path / "o3"), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err  # issue 23: was "corrupt or truncated", after torch's protocol warning
+    assert err.count("\n") == 1 and "raw.pth is a plain Python pickle (protocol 5)" in err, err
+    assert cli_main(["convert", str(tmp_path / "cls.pth"), str(tmp_path / "o4"), "--sigma", "64"]) == 2
+    assert "--sigma = 64 is larger than 1" in capsys.readouterr().err and not (tmp_path / "o4").exists()

@@ -1,5 +1,5 @@
-"""The per-rank data mode (`--data-mode per-rank`, `dmae_hf.training.data.build_stream` and
-`dmae_hf.training.streams.RankBatches`) on real CIFAR-10 images: every rank reads a disjoint part of the stream and
+"""The per-rank data mode (`--data-mode per-rank`, `dmae_hf.training.streams.build_stream` and
+`dmae_hf.training.data_setup.RankBatches`) on real CIFAR-10 images: every rank reads a disjoint part of the stream and
 decodes only that part, for any shard count, and two CPU processes stop at the same step on uneven parts (this file
 doubles as the torchrun script for that test)."""
 
@@ -14,7 +14,7 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from dmae_hf.training import data  # noqa: E402
+from dmae_hf.training import streams  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,10 +47,10 @@ def shard_dirs(tmp_path_factory, data_dir):
 
 
 def rank_ids(raw, rank, world_size, workers, epoch=0):
-    stream = data.build_stream(raw, data.ImageDecoder(), shuffle=True, seed=3, buffer_size=16, rank=rank,
+    stream = streams.build_stream(raw, streams.ImageDecoder(), shuffle=True, seed=3, buffer_size=16, rank=rank,
                                world_size=world_size)
     stream.set_epoch(epoch)
-    loader = torch.utils.data.DataLoader(stream, batch_size=8, num_workers=workers, collate_fn=data.collate)
+    loader = torch.utils.data.DataLoader(stream, batch_size=8, num_workers=workers, collate_fn=streams.collate)
     return [int(i) for batch in loader for i in batch["example_id"]]
 
 
@@ -59,9 +59,9 @@ def rank_ids(raw, rank, world_size, workers, epoch=0):
 def test_ranks_read_disjoint_parts_covering_the_epoch(shard_dirs, shards, world_size, how, workers):
     """Any shard count and world size: the ranks' parts (each read by its own DataLoader workers) are disjoint and
     together are the whole epoch; the split is by whole shards only when the world size divides the count."""
-    raw = data.load_image_stream(str(shard_dirs[shards]), "train", label_column=None)
-    assert data.rank_split(raw.num_shards, world_size) == how
-    everything = sorted(data.example_id(ex["image"]) for ex in raw)
+    raw = streams.load_image_stream(str(shard_dirs[shards]), "train", label_column=None)
+    assert streams.rank_split(raw.num_shards, world_size) == how
+    everything = sorted(streams.example_id(ex["image"]) for ex in raw)
     parts = [rank_ids(raw, rank, world_size, workers) for rank in range(world_size)]
     union = [i for part in parts for i in part]
     assert len(union) == len(set(union)) and sorted(union) == everything, [len(p) for p in parts]
@@ -77,20 +77,20 @@ def test_a_rank_decodes_only_its_own_examples(shard_dirs):
     `split_dataset_by_node`'s example split would, since it applies after the map)."""
     decoded = []
 
-    class Counting(data.ImageDecoder):
+    class Counting(streams.ImageDecoder):
         def __call__(self, example):
-            decoded.append(data.example_id(example["image"]))
+            decoded.append(streams.example_id(example["image"]))
             return super().__call__(example)
 
-    raw = data.load_image_stream(str(shard_dirs["five"]), "train", label_column=None)
-    stream = data.build_stream(raw, Counting(), shuffle=False, rank=0, world_size=2)
+    raw = streams.load_image_stream(str(shard_dirs["five"]), "train", label_column=None)
+    stream = streams.build_stream(raw, Counting(), shuffle=False, rank=0, world_size=2)
     kept = [ex["example_id"] for ex in stream]
     assert len(kept) == 50 and sorted(decoded) == sorted(kept)
 
 
 def test_unknown_data_mode_is_refused(shard_dirs):
     from dmae_hf.training.arguments import DataArguments
-    from dmae_hf.training.streams import DataSetup
+    from dmae_hf.training.data_setup import DataSetup
 
     args = DataArguments(dataset=str(shard_dirs["five"]), data_mode="rank0")
     with pytest.raises(ValueError, match=r"--data-mode must be per-rank or dispatch, got 'rank0'"):
@@ -107,8 +107,8 @@ def test_two_processes_stop_at_the_same_step_on_uneven_parts(tmp_path, shard_dir
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stderr[-4000:]
     for name, batches in (("five", 6), ("four", 3)):
-        raw = data.load_image_stream(str(shard_dirs[name]), "train", label_column=None)
-        everything = {data.example_id(ex["image"]) for ex in raw}
+        raw = streams.load_image_stream(str(shard_dirs[name]), "train", label_column=None)
+        everything = {streams.example_id(ex["image"]) for ex in raw}
         ranks = [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in range(2)]
         for epoch in ("0", "1"):
             parts = [r[epoch] for r in ranks]
@@ -121,7 +121,7 @@ def _main():  # torchrun entry point of the test above: each rank's example ids 
     from accelerate import Accelerator
 
     from dmae_hf.training.arguments import DataArguments
-    from dmae_hf.training.streams import DataSetup, set_epoch
+    from dmae_hf.training.data_setup import DataSetup, set_epoch
 
     out, *datasets_ = sys.argv[1:]
     accelerator = Accelerator(cpu=True)

@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import hub_server
-import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers
@@ -24,6 +23,7 @@ import dmae_hf
 from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcessor
 from dmae_hf.hub import names as hub_names
 from dmae_hf.hub.model_card import default_config, render_model_card, write_all_cards
+from dmae_hf.smoothed_classifier import SmoothedClassifier
 
 CLASSIFIER = "dmae-vit-base-sigma0.25"
 
@@ -86,6 +86,38 @@ LOADER_IDS = ["DMAEForPreTraining", "AutoConfig", "AutoModel", "AutoModelForImag
               "AutoImageProcessor", "pipeline"]
 
 
+@pytest.mark.parametrize("name, message", [
+    ("DMAE-TINY-CIFAR10", r"^'DMAE-TINY-CIFAR10' is a wrongly cased short name: did you mean 'dmae-tiny-cifar10'\? "
+                          r"Short names are lower case"),
+    ("Dmae-Vit-Base", r"'Dmae-Vit-Base' is a wrongly cased short name: did you mean 'dmae-vit-base'\?"),
+    ("VIT-TINY-CIFAR10-CLEAN", r"did you mean 'vit-tiny-cifar10-clean'\?"),
+    ("dmae-tiny-cifar", r"^Unknown DMAE short name 'dmae-tiny-cifar'\. Did you mean 'dmae-tiny-cifar10'\? Known"),
+    ("DMAE-VIT-HUGE", r"^Unknown DMAE short name 'DMAE-VIT-HUGE'\."),
+], ids=["upper case", "title case", "shipped ViT", "near miss", "unknown, upper case"])
+@pytest.mark.parametrize("loader", LOADERS[:5], ids=LOADER_IDS[:5])
+def test_wrongly_cased_or_near_miss_names_are_told_offline(name, message, loader):
+    """Issue 23: offline, "DMAE-TINY-CIFAR10" blamed the network; it is a wrongly cased short name."""
+    with pytest.raises(hub_names.UnknownShortNameError, match=message) as info:
+        loader(name)
+    assert "\n" not in str(info.value) and "connect" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["a/b", "org name", "-org", "a..b", "x" * 97, "org/"])
+def test_a_bad_namespace_variable_is_named(monkeypatch, value):
+    """Issue 23: DMAE_HF_NAMESPACE=a/b gave a plain OSError; it is a ValueError naming the variable."""
+    from dmae_hf.hub.available import available_models
+
+    monkeypatch.setenv(hub_names.NAMESPACE_ENV, value)
+    message = rf"^DMAE_HF_NAMESPACE='{re.escape(value)}' is not a Hub user or organisation name"
+    for call in (lambda: hub_names.resolve("dmae-vit-base"), lambda: AutoConfig.from_pretrained("dmae-vit-base"),
+                 lambda: dmae_hf.DMAEForPreTraining.from_pretrained("dmae-vit-large"), available_models):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert hub_names.resolve("dmae-tiny-cifar10").endswith("dmae-tiny-cifar10")  # shipped: no namespace needed
+    monkeypatch.setenv(hub_names.NAMESPACE_ENV, "my-org.v2")
+    assert hub_names.resolve("dmae-vit-base") == "my-org.v2/dmae-vit-base"
+
+
 def _unavailable(loader, name) -> str:
     with pytest.raises(hub_names.ShortNameUnavailableError) as info:
         loader(name)
@@ -125,7 +157,8 @@ def test_unreachable_endpoint(hub_at):
     hub_at(endpoint)
     for loader in (LOADERS[0], LOADERS[4]):  # a required file, and the optional files an image processor probes
         message = _unavailable(loader, "dmae-vit-base")
-        assert f"the Hub at {endpoint} could not be reached (network error: ConnectionRefusedError" in message
+        assert f"which is not in the local cache, and the Hub at {endpoint} cannot be reached (connection refused); " \
+               "check the connection or HF_ENDPOINT" in message
         assert "download DMAE-Base (427MB" in message
 
 
@@ -182,6 +215,92 @@ def test_packaged_checkpoint_is_used_when_present(monkeypatch, tmp_path):
     assert all(torch.equal(a, b)
                for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
     assert AutoImageProcessor.from_pretrained("dmae-tiny-cifar10").do_resize is False
+
+
+# ------------------------------------------------------------------------------------- shipped checkpoints by name
+SHIPPED_ROUTES = {
+    "dmae-tiny-cifar10": {
+        "AutoConfig": (AutoConfig, "DMAEConfig"), "AutoModel": (AutoModel, "DMAEModel"),
+        "AutoModelForImageClassification": (AutoModelForImageClassification, "DMAEForSmoothedClassification"),
+        "DMAEForSmoothedClassification": (DMAEForSmoothedClassification, "DMAEForSmoothedClassification"),
+        "AutoImageProcessor": (AutoImageProcessor, "DMAEImageProcessor")},
+    "dmae-tiny-cifar10-denoiser": {
+        "AutoConfig": (AutoConfig, "DMAEConfig"), "AutoModel": (AutoModel, "DMAEModel"),
+        "AutoModelForPreTraining": (transformers.AutoModelForPreTraining, "DMAEForPreTraining"),
+        "DMAEForPreTraining": (dmae_hf.DMAEForPreTraining, "DMAEForPreTraining"),
+        "AutoImageProcessor": (AutoImageProcessor, "DMAEImageProcessor")},
+    "vit-tiny-cifar10-clean": {
+        "AutoConfig": (AutoConfig, "ViTConfig"), "AutoModel": (AutoModel, "ViTModel"),
+        "AutoModelForImageClassification": (AutoModelForImageClassification, "ViTForImageClassification"),
+        "ViTForImageClassification": (transformers.ViTForImageClassification, "ViTForImageClassification"),
+        "AutoImageProcessor": (AutoImageProcessor, "ViTImageProcessor")},
+}
+
+
+@pytest.mark.parametrize("name, route", [(n, r) for n, routes in SHIPPED_ROUTES.items() for r in routes],
+                         ids=lambda v: v)
+def test_every_shipped_checkpoint_loads_by_its_short_name_offline(name, route, tmp_path, monkeypatch):
+    """Issue 21: the classifier, the denoiser and the clean ViT load by name in every route, offline, from any
+    directory (before, `vit-tiny-cifar10-clean` failed with transformers' generic network message)."""
+    assert hub_names.resolve(name) == str(hub_names.packaged_path(name))
+    monkeypatch.chdir(tmp_path)  # nothing of that name here: the packaged copy is what loads
+    loader, expected = SHIPPED_ROUTES[name][route]
+    assert type(loader.from_pretrained(name)).__name__.startswith(expected)  # ViTImageProcessor(Pil)
+
+
+def test_shipped_checkpoints_in_pipelines_by_short_name():
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (120, 60, 30))
+    plain = pipeline("image-classification", model="vit-tiny-cifar10-clean")
+    assert plain(image)[0]["label"] in plain.model.config.id2label.values()
+    for model, denoiser in (("dmae-tiny-cifar10", None), ("vit-tiny-cifar10-clean", "dmae-tiny-cifar10-denoiser")):
+        certifier = pipeline("certified-image-classification", model=model, denoiser=denoiser)
+        out = certifier(image, n0=10, n=50, alpha=0.01, seed=0)
+        assert out["sigma"] == 0.25 and out["denoiser"] == denoiser, out
+        g = SmoothedClassifier.from_pretrained(model, denoiser=denoiser)  # the one certifier, by name too
+        assert g.sigma == 0.25 and g.denoiser_name == denoiser and g.id2label[3] == "cat"
+
+
+def test_available_models_offers_what_loads_now_and_routes_for_the_rest(hub_at, tmp_path):
+    """Issue 21: the picker's list. Offline with an empty cache only the shipped checkpoints are loadable; a released
+    name fetched once joins them ("cached"); the others come apart, each with its `dmae publish` route."""
+    from dmae_hf.hub.available import available_models
+
+    hub_at(offline=True)
+    models = available_models()
+    shipped = ["dmae-tiny-cifar10", "dmae-tiny-cifar10-denoiser", "vit-tiny-cifar10-clean"]
+    assert [(m.name, m.kind, m.status, m.sigma) for m in models.loadable] == [
+        ("dmae-tiny-cifar10", "classifier", "shipped", 0.25),
+        ("dmae-tiny-cifar10-denoiser", "denoiser", "shipped", None),
+        ("vit-tiny-cifar10-clean", "classifier", "shipped", None)]
+    assert [m.name for m in models.elsewhere] == [n for n in hub_names.SHORT_NAMES if n not in shipped]
+    assert all(m.status == "not cached" and not m.loadable and "`dmae publish <" in m.hint for m in models.elsewhere)
+    for m in models.loadable:  # every loadable name really loads offline
+        AutoConfig.from_pretrained(m.name)
+
+    with FakeHub() as hub:  # publish one classifier, fetch it once: it is then cached
+        hub_at(hub.endpoint)
+        model = DMAEForSmoothedClassification(DMAEConfig.from_preset("tiny", num_labels=10, smoothing_sigma=0.25))
+        model.save_pretrained(tmp_path / "ckpt")
+        hub.repos[f"dmae-hf/{CLASSIFIER}"] = hub_server.Repo()
+        hub.repos["dmae-hf/dmae-vit-large"] = hub_server.Repo()  # published, never fetched
+        hub.commit(f"dmae-hf/{CLASSIFIER}", {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()})
+        hub.commit("dmae-hf/dmae-vit-large", {"config.json": b"{}"})
+        DMAEForSmoothedClassification.from_pretrained(CLASSIFIER)
+        asked = {m.name: m for m in available_models(ask_hub=True).elsewhere}
+        assert ("GET", "/api/models") in hub.requests
+        large = asked["dmae-vit-large"]
+        assert large.status == "download" and "loading it downloads it" in large.hint
+        assert asked["dmae-vit-base"].status == "unpublished"
+        assert "download DMAE-Base (427MB" in asked["dmae-vit-base"].hint
+        assert asked["dmae-vit-base-sigma0.5"].hint.endswith("`dmae publish <classifier .pth>=dmae-vit-base-sigma0.5`")
+    hub_at(offline=True)  # the same cache, offline
+    models = available_models(ask_hub=True)  # offline: the Hub is not asked
+    assert [m.name for m in models.loadable] == shipped + [CLASSIFIER]
+    assert models.loadable[-1].status == "cached" and models.loadable[-1].sigma == 0.25
+    assert {m.status for m in models.elsewhere} == {"not cached"}
+    AutoConfig.from_pretrained(CLASSIFIER)  # offline, from the cache
 
 
 # ------------------------------------------------------------------------------------------------------ load report
@@ -332,9 +451,9 @@ CLIENT = textwrap.dedent('''
 ''')
 
 
-def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
-    table = pq.read_table(data_dir / "imagenet-sample" / "data" / "validation-00000-of-00001.parquet")
-    (tmp_path / "image.jpg").write_bytes(table.column("image")[0].as_py()["bytes"])
+def test_convert_push_and_load_by_short_name(tmp_path):
+    photo = REPO_ROOT / "dmae_hf" / "assets" / "imagenet" / "val_00000_bull_mastiff.jpg"  # a bundled ImageNet photo
+    (tmp_path / "image.jpg").write_bytes(photo.read_bytes())
     torch.save({"model": official_checkpoint("pretraining", dim=32, depth=2, patch=8, image=32, dec_dim=32,
                                              dec_depth=1)}, tmp_path / "pretrain.pth")
     torch.save({"model": official_checkpoint("classifier", dim=32, depth=2, patch=8, image=32)},
@@ -360,8 +479,8 @@ def test_convert_push_and_load_by_short_name(tmp_path, data_dir):
         assert report["sigma"] == 0.25 and report["label3"] == "cat"
         certificate = report["pipeline"]  # the pipeline certified the photo with the pushed classifier
         assert set(certificate) == {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n",
-                                    "alpha", "resolution", "denoiser"}
-        assert certificate["sigma"] == 0.25 and certificate["n"] == 100
+                                    "alpha", "resolution", "denoiser", "sigma_override", "shrink", "note", "caveat"}
+        assert certificate["sigma"] == 0.25 and certificate["n"] == 100 and not certificate["sigma_override"]
 
         # what the Hub received: safetensors weights (no pickles), configs, processor config and the rendered card
         for repo_id, card_name in (("tester/dmae-vit-base", "dmae-vit-base"),

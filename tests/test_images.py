@@ -1,4 +1,5 @@
-"""`dmae_hf.images`: the one decoder and the one dataset reader, and resize/crop done only by `DMAEImageProcessor`.
+"""The one decoder (`decode_image`) and the one dataset reader (`dmae_hf.image_datasets`), and resize/crop done
+only by `DMAEImageProcessor`.
 
 The pixel tests compare today's paths with the code they replaced (written out below as `old_*`), bit for bit, on
 real CIFAR-10 and ImageNet photos."""
@@ -10,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dmae_hf.certification.dataset import load_examples
+from dmae_hf.certification.inputs import DatasetSplit
+from dmae_hf.image_datasets import IMAGE_COLUMNS, find_image_column, load_image_split
 from dmae_hf.image_processing_dmae import DMAEImageProcessor, decode_image
-from dmae_hf.images import IMAGE_COLUMNS, find_image_column, load_image_split
-from dmae_hf.training import data
+from dmae_hf.training import streams
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,7 +25,7 @@ def cells(data_dir, folder, split, n):
 
 
 def old_training_decode(cell, shortest, crop):
-    """`data.ImageDecoder.decode` before: its own bicubic resize and center crop."""
+    """`streams.ImageDecoder.decode` before: its own bicubic resize and center crop."""
     pil = DMAEImageProcessor().to_pil(Image.open(io.BytesIO(cell["bytes"])))
     if shortest is not None:
         w, h = pil.size
@@ -57,7 +58,7 @@ def old_pipeline_fit(pil, size):
 def test_training_decode_is_the_old_pixels_bit_for_bit(data_dir, folder, split, sizes):
     photos = cells(data_dir, folder, split, 8 if folder == "cifar10" else 20)
     for shortest, crop in sizes:
-        decoder = data.ImageDecoder(shortest, crop)
+        decoder = streams.ImageDecoder(shortest, crop)
         for cell in photos:
             new, old = decoder.decode(cell), old_training_decode(cell, shortest, crop)
             assert new.dtype == old.dtype == np.uint8 and new.flags["C_CONTIGUOUS"]
@@ -119,9 +120,9 @@ def test_one_reader_finds_the_columns_by_one_rule(data_dir):
         ds, image_column, label_column = load_image_split(str(data_dir / folder), split)
         assert (image_column, label_column) == (column, "label") and list(ds.features) == [column, "label"]
         assert ds.features[column] == datasets.Image(decode=False)  # left encoded
-        certify_view = load_examples(str(data_dir / folder), split, None, "label")
-        assert certify_view[1:3] == (column, "label")  # the same columns for `dmae certify` ...
-        train_view = data.load_image_stream(str(data_dir / folder), split)
+        certify_view = DatasetSplit(str(data_dir / folder), split)
+        assert (certify_view.image_column, certify_view.label_column) == (column, "label")  # `dmae certify` ...
+        train_view = streams.load_image_stream(str(data_dir / folder), split)
         assert next(iter(train_view))["image"] == next(iter(ds))[column]  # ... and for training (renamed)
     image = datasets.Image()
     assert find_image_column({"label": None, "jpg": image, "png": image}) == "jpg"  # webdataset: by name

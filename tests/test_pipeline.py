@@ -8,11 +8,13 @@ from transformers import pipeline
 
 import dmae_hf
 from dmae_hf import DMAEConfig, DMAEForSmoothedClassification, DMAEImageProcessor, RandomizedSmoothingPipeline
+from dmae_hf.defaults import CERTIFICATE_CAVEAT, MAX_SHRINK
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TASK = "certified-image-classification"
 SMALL = dict(n0=10, n=100, alpha=0.01, batch_size=64, seed=3)
-KEYS = {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "n0", "n", "alpha", "resolution", "denoiser"}
+KEYS = {"label", "class_id", "radius", "pA_lower", "abstained", "sigma", "sigma_override", "n0", "n", "alpha",
+        "resolution", "shrink", "note", "denoiser", "caveat"}
 
 
 def build_classifier(path, smoothing_sigma=0.25, with_processor=True):
@@ -38,8 +40,10 @@ def certifier(classifier_dir):
     return pipeline(TASK, model=str(classifier_dir), device="cpu")
 
 
-def check_result(result, sigma=0.25):
+def check_result(result, sigma=0.25, sigma_override=False):
     assert set(result) == KEYS
+    assert result["caveat"] == CERTIFICATE_CAVEAT and result["sigma_override"] is sigma_override
+    assert result["shrink"] >= 1.0 and (result["note"] is None) == (result["shrink"] <= MAX_SHRINK)
     assert isinstance(result["abstained"], bool) and isinstance(result["radius"], float)
     assert result["sigma"] == sigma and 0.0 <= result["pA_lower"] <= 1.0
     if result["abstained"]:
@@ -106,6 +110,7 @@ def test_constructor_defaults_and_call_overrides(classifier_dir, cifar10_test_im
     (dict(batch_size=0), "batch_size"),
     (dict(method="bayes"), "method"),
     (dict(sigma=0.5), "sigma is fixed when the pipeline is created"),
+    (dict(override_sigma=True), "sigma is fixed when the pipeline is created"),
     (dict(temperature=2), "Unknown argument"),
     (dict(autocast_dtype="int8"), "autocast_dtype"),
 ])
@@ -121,10 +126,12 @@ def test_sigma_comes_from_the_config(tmp_path, cifar10_test_images):
     result = pipeline(TASK, model=str(build_classifier(tmp_path / "s05", smoothing_sigma=0.5)), device="cpu")(
         images[0], **SMALL)
     assert result["sigma"] == 0.5
-    with pytest.raises(ValueError, match="sigma must be a positive number"):
+    with pytest.raises(ValueError, match="sigma is required"):  # fine-tuned without noise: no sigma to default to
         pipeline(TASK, model=str(build_classifier(tmp_path / "s0", smoothing_sigma=0.0)), device="cpu")
-    with pytest.raises(ValueError, match="fine-tuned for sigma = 0.5"):
+    with pytest.raises(ValueError, match=r"trained for sigma = 0.5, not 0.25: .*override_sigma=True"):
         pipeline(TASK, model=str(tmp_path / "s05"), sigma=0.25, device="cpu")
+    overridden = pipeline(TASK, model=str(tmp_path / "s05"), sigma=0.25, override_sigma=True, device="cpu")
+    check_result(overridden(images[0], **SMALL), sigma=0.25, sigma_override=True)
     with pytest.raises(ValueError, match="smoothing_sigma"):
         DMAEConfig.from_preset("tiny", smoothing_sigma=-0.25)
 

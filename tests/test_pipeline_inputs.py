@@ -62,15 +62,17 @@ def test_a_photo_is_resized_to_the_model_input_before_the_noise(photo, caplog, m
     result = certifier(photo, **SMALL)
     check_result(result)
     assert result["resolution"] == [32, 32] and set(shapes) == {(3, 32, 32)}
+    assert result["shrink"] == 1024 / 32  # the long side: resized 683 -> 32, then cropped
+    assert "shrunk 32.0x on a side (resized and cropped) to reach the model's 32x32 input" in result["note"]
     # Independently: shortest edge 683 -> 32 (1024 -> 48, bicubic), then the central 32x32.
     small = photo.resize((48, 32), Image.BICUBIC).crop((8, 0, 40, 32))
-    assert certifier(small, **SMALL) == result
+    assert certifier(small, **SMALL) == {**result, "shrink": 1.0, "note": None}  # the same certificate, not shrunk
     assert certifier(np.asarray(photo), **SMALL) == result
     notes = [r.getMessage() for r in caplog.records if "resized to the model's 32x32 input" in r.getMessage()]
     assert len(notes) == 1 and "1024x683" in notes[0]  # once per pipeline, not per image
     with pytest.raises(ValueError, match="1024x683 after processing, not the model's 32x32 input, and resize=False"):
         certifier(photo, resize=False, **SMALL)
-    assert certifier(small, resize=False, **SMALL) == result
+    assert certifier(small, resize=False, **SMALL)["pA_lower"] == result["pA_lower"]
 
 
 @pytest.mark.timeout(60)

@@ -76,7 +76,8 @@ def test_dry_run_recognises_and_uploads_nothing(release, tmp_path, monkeypatch, 
         assert main(["publish", *map(str, release.values()), "--work-dir", str(tmp_path / "out")]) == 2
         assert hub.requests == [] and not (tmp_path / "out").exists()  # refused before converting anything
     captured = capsys.readouterr()
-    assert "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it" in captured.err
+    assert "dmae publish: error: Publishing needs the Hugging Face Hub, and HF_HUB_OFFLINE=1 is set. Unset " \
+           "HF_HUB_OFFLINE or connect to publish, or pass --dry-run to check the files." in captured.err
     out = captured.out.splitlines()
     assert out == [f"would publish {release['pre']} as tester/dmae-vit-base (preset=vit-base)",
                    f"would publish {release['imagenet']} as tester/dmae-vit-base-sigma0.5 (preset=vit-base, "
@@ -101,7 +102,7 @@ def test_unrecognised_files_stop_the_run_or_are_skipped(release, tmp_path, monke
         assert hub.requests == []  # nothing was uploaded, not even the recognised file
         message = str(info.value)
         assert message.startswith("not publishing anything: 4 file(s) not recognised as official DMAE release files")
-        assert f"{junk}: {junk} could not be read: corrupt or truncated checkpoint" in message
+        assert f"{junk}: {junk} is not a DMAE/MAE checkpoint: neither a torch.save file" in message
         assert (f"{other_arch}: its encoder (hidden_size 48, num_hidden_layers 1, patch_size 8, image_size 32) is "
                 "none of the released architectures ['vit-base', 'vit-large']") in message
         assert f"{no_sigma}: a classifier whose sigma is neither in its saved args nor in its file name" in message

@@ -15,6 +15,7 @@ from transformers import AutoImageProcessor, pipeline
 
 import dmae_hf
 from dmae_hf import DMAEForSmoothedClassification
+from dmae_hf.remote_code import portable_files
 
 REPO = "tester/dmae-tiny-remote"
 CALL = dict(n0=10, n=200, alpha=0.01, seed=4)
@@ -46,7 +47,9 @@ def test_pushed_classifier_certifies_through_remote_code_without_the_package(tmp
         AutoImageProcessor.from_pretrained(tmp_path / "local").push_to_hub(REPO)
         files = hub.repos[REPO].files
         assert {"pipeline_dmae.py", "smoothed_classifier.py", "modeling_dmae.py", "smoothing.py",
-                "image_processing_dmae.py", "configuration_dmae.py", "defaults.py"} <= set(files)
+                "image_processing_dmae.py", "configuration_dmae.py", "defaults.py", "input_checks.py",
+                "load_report.py", "remote_code.py"} <= set(files)
+        assert {path.name for path in portable_files()} <= set(files)
         assert json.loads(files["config.json"])["custom_pipelines"]["certified-image-classification"]["impl"] == \
             "pipeline_dmae.RandomizedSmoothingPipeline"
 

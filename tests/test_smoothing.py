@@ -208,6 +208,11 @@ def test_adaptive_targets_stop_when_the_next_radius_is_out_of_reach():
         (dict(sigma=0.0), "sigma"),
         (dict(sigma=-1.0), "sigma"),
         (dict(sigma=float("inf")), "sigma"),
+        (dict(sigma=25.0), "divide by 255"),
+        (dict(x=torch.rand(3, 0, 0)), r"empty image of shape \(3, 0, 0\)"),
+        (dict(n=2**53 + 1), r"n = 9007199254740993 is above .* 2\*\*53"),
+        (dict(n=1e12), "n must be an integer"),
+        (dict(progress="yes"), "progress must be"),
         (dict(n=0), "n must"),
         (dict(n0=0), "n0 must"),
         (dict(n0=200, n=100), r"n0 \(200\) must not exceed n \(100\)"),
@@ -235,3 +240,36 @@ def test_bad_classifier_output_raises():
         certify(lambda z: z.flatten(1).mean(1), torch.full((1, 4, 4), 0.5), 0.25, n0=10, n=100)
     with pytest.raises(ValueError, match="n must"):
         predict(Recorder(), torch.full((1, 4, 4), 0.5), 0.25, n=0)
+
+
+# ----------------------------------------------------------------------------------------------------------- progress
+def test_progress_hook_is_called_after_every_forward_batch():
+    calls, bar = [], type("Bar", (), {"updates": [], "update": lambda self, k: self.updates.append(k)})()
+    x = torch.full((2, 1, 4, 4), 0.5)
+    certify(Recorder(), x, 0.25, n0=10, n=500, batch_size=300, progress=lambda *done_total: calls.append(done_total))
+    assert calls == [(20, 1020), (320, 1020), (620, 1020), (920, 1020), (1020, 1020)]  # 20 selection, 1000 estimation
+    certify(Recorder(), x, 0.25, n0=10, n=500, batch_size=300, progress=bar)
+    assert bar.updates == [20, 300, 300, 300, 100]
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["cohen", "adaptive", "sequential"])
+def test_an_exception_from_progress_aborts_certify_at_once_even_at_a_huge_n(method):
+    """A caller stops the work by raising from the hook: no further forward pass runs and the exception comes out.
+    n = 10**12 allocates nothing in proportion to n (before the lazy noise blocks it raised MemoryError)."""
+    f = Recorder()
+
+    def stop_after(done, total):
+        if done >= 2000:
+            raise Stop(f"{done} of {total}")
+
+    with pytest.raises(Stop, match="2010 of 1000000000010"):
+        certify(f, torch.full((1, 4, 4), 0.5), 0.25, n0=10, n=10**12, batch_size=1000, method=method,
+                progress=stop_after)
+    sizes = [z.shape[0] for z in f.inputs]
+    assert sizes == ([10] + [100] * 20 if method == "sequential" else [10, 1000, 1000])  # the looks of 100 first
+    with pytest.raises(Stop):
+        predict(f, torch.full((1, 4, 4), 0.5), 0.25, n=10**12, progress=stop_after)

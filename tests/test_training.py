@@ -347,16 +347,51 @@ def test_help_shows_every_option_with_help_and_its_default(script, capsys):
     assert checked > 40
 
 
-def test_bad_input_prints_one_error_line_and_exits_2(tmp_path, data_dir):
+@pytest.mark.parametrize("script,new,config_key", [("pretrain", "--noise-sigma", "noise_sigma"),
+                                                   ("finetune", "--smoothing-sigma", "smoothing_sigma")])
+def test_old_sigma_flag_is_refused_with_the_new_name(script, new, config_key, tmp_path):
+    """`--sigma` meant the pre-training noise in one script and the smoothing sigma in the other: both refuse it
+    in one line naming the flag that says which; the new flag sets the model's noise."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / f"{script}.py"), "--from-scratch",
+                             "--dataset", "d", "--output-dir", str(tmp_path), "--sigma", "0.5"],
+                            env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: --sigma was renamed: use {new} " + (
+        "(the pre-training noise)." if script == "pretrain" else "(the noise the classifier is trained for).")
+    module = load_example(script)
+    args = module.parse_args(["--preset", "tiny", "--dataset", "uoft-cs/cifar10", "--output-dir", str(tmp_path),
+                              new, "0.5"] + (["--from-scratch"] if script == "finetune" else []))
+    from dmae_hf.training.arguments import training_arguments
+
+    common = training_arguments(args)
+    model = module.build_model(args, common) if script == "pretrain" else module.build_model(args, common, 10, None)
+    assert getattr(model.config, config_key) == 0.5
+
+
+def test_resume_from_a_file_says_it_is_not_a_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from dmae_hf.training.checkpoints import Checkpoints, TrainState
+
+    accelerator = SimpleNamespace(distributed_type="NO", print=print)
+    checkpoints = Checkpoints(accelerator, str(tmp_path), None, None, TrainState())
+    (tmp_path / "model.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"model\.safetensors' is a file, not a checkpoint folder; pass a "
+                                         r"checkpoint-<step> folder"):
+        checkpoints.resume(str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"no-such-checkpoint' does not exist"):
+        checkpoints.resume(str(tmp_path / "no-such-checkpoint"))
+
+
+def test_bad_input_prints_one_error_line_and_exits_2(tmp_path):
     env = dict(ENV, HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "pretrain.py"), "--preset", "tiny",
-                             "--dataset", "../shared/no-such-data/cifar10", "--output-dir", str(tmp_path / "out")],
+                             "--dataset", "../no-such-data/cifar10", "--output-dir", str(tmp_path / "out")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert lines[0].startswith("error: Dataset '../shared/no-such-data/cifar10' is neither a local dataset folder")
-    assert "Offline mode is on" in lines[0] and "$DMAE_DATA_DIR" in lines[0]
+    assert lines[0].startswith("error: Dataset '../no-such-data/cifar10' is neither a local dataset folder")
+    assert "Offline mode is on" in lines[0] and "uoft-cs/cifar10" in lines[0]
 
 
 # ------------------------------------------------------------------------------------------------------ Hub

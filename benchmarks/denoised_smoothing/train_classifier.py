@@ -48,8 +48,8 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--dataset", default=os.path.join(os.environ.get("DMAE_DATA_DIR", "../shared/data"),
-                                                          "cifar10"), help="CIFAR-10 in Hub layout")
+    parser.add_argument("--dataset", default="uoft-cs/cifar10",
+                        help="CIFAR-10: a Hub id or the path of a local copy in the Hub layout")
     parser.add_argument("--out", required=True, help="output folder (save_pretrained)")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size")

@@ -4,7 +4,9 @@
 A log is a tab-separated file whose header names its columns. The columns read (by name, in any order) are
 `idx label predict radius correct`; `time` (float seconds or Cohen's `H:MM:SS.ffffff`) and `samples` (forward
 samples drawn per image) are used when present, and any other column (`pA_lower`, ...) is ignored. So both the logs
-of `dmae certify` and Cohen's original six-column logs are read. `predict = -1` is an abstention.
+of `dmae certify` (any `--method`) and Cohen's original six-column logs are read. `predict = -1` is an abstention;
+`label = -1` an unlabelled image (`dmae certify` on images without class folders), which counts in the abstention
+rate, samples and time but not in the accuracy: it has no truth to be right about.
 
 - certified accuracy at r: fraction of images with `correct == 1` and `radius >= r` (Cohen's `analyze.py`, DMAE's
   `engine_finetune.py`), where correct means `predict == label` and an abstention (`predict = -1`) never counts,
@@ -25,8 +27,10 @@ This module is the one definition of those numbers and of their plot: `dmae anal
 
 The returned dict is JSON-ready: `{"radii", "rows": [row, ...], "envelope": [...] or None (one log),
 "envelope_source": [name per radius] or None, "image_sets_match": bool}`, each row `{"name", "path", "n_images",
-"certified_accuracy", "confidence_intervals", "acr", "abstention_rate", "mean_samples", "mean_time_s"}` (fractions in
-[0, 1]; `mean_samples` / `mean_time_s` None when the column is absent).
+"n_unlabelled", "certified_accuracy", "confidence_intervals", "acr", "abstention_rate", "mean_samples",
+"mean_time_s"}` (fractions in [0, 1]; `n_images` counts the labelled images, the accuracy's denominator; accuracy,
+intervals and ACR are None for a log without labelled images; `mean_samples` / `mean_time_s` None when the column is
+absent).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import numpy as np
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 REQUIRED_COLUMNS = ("idx", "label", "predict", "radius", "correct")
 ABSTAIN = -1  # the `predict` of an abstention
+UNLABELLED = -1  # the `label` of an image without a label
 CONFIDENCE = 0.95
 
 
@@ -234,11 +239,17 @@ def analyze_logs(logs, radii=DEFAULT_RADII, names=None, plot=None, confidence: f
     data = [read_log(p) for p in logs]
     rows = []
     for name, path, log in zip(names, logs, data, strict=True):
-        stats = certified_accuracy(log["correct"], log["radius"], radii, confidence)
+        labelled = log["label"] != UNLABELLED
+        if labelled.any():
+            stats = certified_accuracy(log["correct"][labelled], log["radius"][labelled], radii, confidence)
+        else:
+            stats = {"n_images": 0, "certified_accuracy": [None] * len(radii),
+                     "confidence_intervals": [None] * len(radii), "acr": None}
         rows.append({
             "name": name,
             "path": str(path),
             "n_images": stats["n_images"],
+            "n_unlabelled": int((~labelled).sum()),
             "certified_accuracy": stats["certified_accuracy"],
             "confidence_intervals": stats["confidence_intervals"],
             "acr": stats["acr"],
@@ -255,8 +266,9 @@ def analyze_logs(logs, radii=DEFAULT_RADII, names=None, plot=None, confidence: f
                       f"compares accuracies on different test sets",
                       ImageSetMismatchWarning, stacklevel=2)
     envelope = envelope_source = None
-    if len(rows) > 1:
-        best = [max(range(len(rows)), key=lambda i: rows[i]["certified_accuracy"][j]) for j in range(len(radii))]
+    scored = [i for i, row in enumerate(rows) if row["n_images"]]
+    if len(scored) > 1:
+        best = [max(scored, key=lambda i: rows[i]["certified_accuracy"][j]) for j in range(len(radii))]
         envelope = [rows[i]["certified_accuracy"][j] for j, i in enumerate(best)]
         envelope_source = [rows[i]["name"] for i in best]
     results = {"radii": radii, "rows": rows, "envelope": envelope, "envelope_source": envelope_source,
@@ -275,8 +287,9 @@ def plot_curves(data, names, path, radii=()):
 
     grid = radius_grid([log["radius"] for log in data], marks=radii)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    curves = [plot_curve(ax, log["correct"], log["radius"], grid, lw=1.8, label=f"{name} (n={len(log['idx'])})")
-              for name, log in zip(names, data, strict=True)]
+    labelled = [(name, log, log["label"] != UNLABELLED) for name, log in zip(names, data, strict=True)]
+    curves = [plot_curve(ax, log["correct"][keep], log["radius"][keep], grid, lw=1.8,
+                         label=f"{name} (n={int(keep.sum())})") for name, log, keep in labelled if keep.any()]
     if len(curves) > 1:
         ax.plot(grid, np.max(curves, axis=0), "k--", lw=1, label="best per radius")
     for r in radii:
@@ -296,6 +309,9 @@ def format_table(results, ci: bool = True) -> str:
     lines = ["| log | n | " + " | ".join(f"r = {r:g}" for r in radii) + " | ACR |",
              "| --- | ---: | " + " | ".join("---:" for _ in radii) + " | ---: |"]
     for row in results["rows"]:
+        if not row["n_images"]:  # unlabelled images only: no accuracy
+            lines.append(f"| {row['name']} | 0 | " + " | ".join("n/a" for _ in radii) + " | n/a |")
+            continue
         if ci:
             cells = [f"{100 * a:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
                      for a, (lo, hi) in zip(row["certified_accuracy"], row["confidence_intervals"], strict=True)]

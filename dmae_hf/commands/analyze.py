@@ -44,6 +44,8 @@ def run(args) -> int:
           f"{f', [{confidence} Clopper-Pearson interval]' if args.ci else ''}. ACR: mean of radius * correct.")
     for row in results["rows"]:
         extra = [f"abstained {100 * row['abstention_rate']:.1f}%"]
+        if row["n_unlabelled"]:
+            extra.append(f"{row['n_unlabelled']} unlabelled image(s), not in the accuracy")
         if row["mean_samples"] is not None:
             extra.append(f"{row['mean_samples']:.0f} samples/image")
         if row["mean_time_s"] is not None:

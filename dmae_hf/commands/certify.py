@@ -1,43 +1,47 @@
-"""`dmae certify`: certify a dataset split into a resumable TSV log (see `dmae_hf/certification/dataset.py`).
+"""`dmae certify INPUT... --out LOG`: certify images into a resumable TSV log (see `dmae_hf/certification/`).
 
-    dmae certify --model DIR_OR_NAME --dataset uoft-cs/cifar10 --split test --max 500 --image-column img \\
-        --n0 100 --n 10000 --alpha 0.001 --batch 1000 --seed 0 --out certify.tsv
+    dmae certify bundled:cifar10 --n 1000 --out certify.tsv            # the shipped images, offline
+    dmae certify photos/ --out photos.tsv                              # class subfolders are the labels
+    dmae certify uoft-cs/cifar10 --split test --max 500 --n 100000 --out cifar10.tsv
 
-Run it again with the same arguments to resume a killed run; a second run on the same `--out` is refused while the
-first holds `LOG.lock`. The log is checked and locked before the model is loaded. Run it under `torchrun
---nproc_per_node K -m dmae_hf certify ...` (or `accelerate launch`) to split the images over K processes. torchrun's
-own parser rejects `--n` and `--max` as ambiguous abbreviations of its options, so write their aliases `--N` and
-`--max-index` there.
+INPUT is image files, globs, folders, `bundled:cifar10` / `bundled:imagenet`, a Hub dataset id or a local Hub-layout
+copy (`dmae_hf.certification.inputs`); `--dataset X` is the same as the INPUT X. The options, the inputs, the model
+and the log are all checked before anything is written, so a failed run leaves no file. Run it again with the same
+arguments to resume a killed run; a second run on the same `--out` is refused while the first holds `LOG.lock`. Run
+it under `torchrun --nproc_per_node K -m dmae_hf certify ...` (or `accelerate launch`) to split the images over K
+processes. torchrun's own parser rejects `--n` and `--max` as ambiguous abbreviations of its options, so write their
+aliases `--N` and `--max-index` there.
 """
 
 import sys
 
-from . import add_smoothing_arguments
+from . import (
+    Notes,
+    add_input_arguments,
+    add_smoothing_arguments,
+    check_sampling,
+    input_list,
+    load_smoothed_classifier,
+)
+
+EXAMPLE = "dmae certify bundled:cifar10 --n 100 --out certify.tsv && dmae analyze certify.tsv"
 
 
 def register(subparsers):
-    from ..defaults import ALPHA, METHODS, N0, NOISE_BATCH, SEED, N
+    from ..defaults import ALPHA, EMBEDDED_MODEL, METHODS, N0, NOISE_BATCH, SEED, N
 
     parser = subparsers.add_parser(
-        "certify", help="certify a dataset split with randomized smoothing into a resumable TSV log",
-        description="Cohen et al.'s CERTIFY on every selected image of a dataset split, for any image "
-                    "classifier (a DMAE classifier at its own sigma, or any other with --sigma, optionally behind a "
-                    "DMAE --denoiser). "
-                    "Writes `idx label predict radius correct time pA_lower samples` rows (predict -1 = abstain). "
-                    "Resumable; one run per log (LOG.lock); multi-process under torchrun/accelerate launch.")
-    parser.add_argument("--model", required=True, help="image classifier: directory, Hub id or short name "
+        "certify", help="certify images (files, folders, bundled sets, datasets) into a resumable TSV log",
+        description="Cohen et al.'s CERTIFY on every selected image, for any image classifier (a DMAE classifier "
+                    "at its own sigma, or any other with --sigma, optionally behind a DMAE --denoiser). "
+                    "Writes `idx label predict radius correct time pA_lower samples` rows (predict -1 = abstain, "
+                    "label -1 = unlabelled). Nothing is written until the inputs, the model and the options are "
+                    "checked. Resumable; one run per log (LOG.lock); multi-process under torchrun/accelerate launch.",
+        epilog=f"example (offline, under a minute on a CPU):\n  {EXAMPLE}")
+    add_input_arguments(parser)
+    parser.add_argument("--model", default=EMBEDDED_MODEL, help="image classifier: directory, Hub id or short name "
                         "(e.g. dmae-tiny-cifar10, or any AutoModelForImageClassification checkpoint with --sigma)")
     add_smoothing_arguments(parser)
-    parser.add_argument("--dataset", required=True, help="local Hub-layout dataset folder or Hub dataset id "
-                        "(streamed)")
-    parser.add_argument("--split", default="test", help="dataset split to certify")
-    parser.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image (Cohen's --skip)")
-    parser.add_argument("--max", "--max-index", type=int, default=-1, dest="max_index",
-                        help="stop at this row index, excluded (Cohen's --max; -1 = the whole split)")
-    parser.add_argument("--image-column", default=None,
-                        help="image column (default: the first column named image, img, jpg, jpeg, png or webp, "
-                             "else the first Image column)")
-    parser.add_argument("--label-column", default="label", help="integer label column")
     parser.add_argument("--n0", "--N0", type=int, default=N0, help="selection samples per image")
     parser.add_argument("--n", "--N", type=int, default=N, help="estimation samples per image")
     parser.add_argument("--alpha", type=float, default=ALPHA, help="failure probability of each certificate")
@@ -79,35 +83,39 @@ def default_device():
 
 
 def run(args) -> int:
-    import torch
-    from transformers import pipeline
-
-    from ..certification.dataset import CertificationLog, certify_dataset
+    from ..certification.dataset import certify_dataset
+    from ..certification.inputs import UNLABELLED, resolve_inputs
+    from ..certification.log import check_log
+    from ..certification.ranks import distributed_context
+    from ..defaults import CERTIFICATE_CAVEAT
     from ..pipeline_dmae import parse_autocast_dtype
 
     method_kwargs = {k: v for k in ("target_radius", "first_look", "estimate_tolerance", "radius_tolerance")
                      if (v := getattr(args, k)) is not None}
     if args.target_radius is not None and len(args.target_radius) == 1:
         method_kwargs["target_radius"] = args.target_radius[0]
-    try:
-        log = CertificationLog(args.out, within_image=args.within_image)  # before the model: a bad --out fails fast
-        try:
-            pipe = pipeline("certified-image-classification", model=args.model, sigma=args.sigma,
-                            denoiser=args.denoiser, device=args.device or default_device(), dtype=torch.float32)
-            if args.compile:  # fixed batch shapes compile once each
-                pipe.smoothed.compile(mode=args.compile, dynamic=False)
-            summary = certify_dataset(
-                pipe, args.dataset, log, split=args.split, skip=args.skip, max_index=args.max_index,
-                image_column=args.image_column, label_column=args.label_column, n0=args.n0, n=args.n,
-                alpha=args.alpha, batch_size=args.batch, seed=args.seed, method=args.method,
-                method_kwargs=method_kwargs, autocast_dtype=parse_autocast_dtype(args.autocast),
-                progress=not args.no_progress)
-        finally:
-            log.close()
-    except (ValueError, OSError) as error:
-        print(f"dmae certify: error: {error}", file=sys.stderr)
-        return 2
+    autocast_dtype = parse_autocast_dtype(args.autocast)
+    inputs = input_list(args)
+    check_sampling(args, args.method, method_kwargs, autocast_dtype)  # nothing loaded or written yet
+    check_log(args.out)  # its location, and an existing log's rows (a busy log is found when it is opened)
+    images = resolve_inputs(inputs, split=args.split, image_column=args.image_column, label_column=args.label_column)
+    g = load_smoothed_classifier(args, args.device or default_device())
+    images.bind_labels(g.id2label)
+    if args.compile:  # fixed batch shapes compile once each
+        g.compile(mode=args.compile, dynamic=False)
+    notes = Notes(lambda line: print(line, file=sys.stderr) if distributed_context()[0] == 0 else None)
+    notes.once(images.note)
+    if images.settings().get("labels") == UNLABELLED:
+        notes.once("the images are unlabelled: their rows have label -1 and correct 0, and `dmae analyze` reports "
+                   "no accuracy for them")
+    summary = certify_dataset(
+        g, images, args.out, skip=args.skip, max_index=args.max_index, n0=args.n0, n=args.n, alpha=args.alpha,
+        batch_size=args.batch, seed=args.seed, method=args.method, method_kwargs=method_kwargs,
+        autocast_dtype=autocast_dtype, progress=not args.no_progress, within_image=args.within_image,
+        on_image=lambda idx, pre: notes.image(f"idx {idx} ({images.name(idx)})", g.shrink_note(pre.shrink)))
+    notes.close()
     print(f"certified {summary['certified']} image(s), {summary['already_done']} already in the log, "
           f"{summary['skipped_corrupt']} unreadable skipped"
           + (f"; {args.out} has {summary['rows']} rows" if summary["rows"] is not None else ""), file=sys.stderr)
+    notes.once(CERTIFICATE_CAVEAT)
     return 0

@@ -31,7 +31,7 @@ class UnrecognisedFile(ValueError):
 
 def _read(path: Path):
     """(state dict, training args or None) of a checkpoint file, through the converter's safe loaders."""
-    from ..hub.convert import load_checkpoint, torch_load
+    from ..hub.checkpoint_files import load_checkpoint, torch_load
 
     if path.suffix == ".safetensors" or path.is_dir() or not path.exists():
         return load_checkpoint(path)[0], None
@@ -143,10 +143,10 @@ def run(args) -> int:
         print(f"dmae publish: skipped {reason}", file=sys.stderr)
     if not plans:
         raise UnrecognisedFile("no file to publish.")
-    from huggingface_hub import constants
+    if not args.dry_run:  # fail at once (no retries) when nothing can be uploaded
+        from ..hub.reach import require_hub
 
-    if constants.is_offline_mode() and not args.dry_run:
-        raise ValueError("HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it to publish, or pass --dry-run.")
+        require_hub("Publishing", "Unset HF_HUB_OFFLINE or connect to publish, or pass --dry-run to check the files.")
     for plan in plans:
         repo = hub_names.repo_id(plan.name)
         if args.dry_run:

@@ -15,22 +15,18 @@ Three source layouts, told apart by their keys:
   `decoder.decoder_encoder.layer.{j}...` that transformers 5 writes) or new keys (`vit.layers.{i}.attention.q_proj.*`)
   -> `DMAEForPreTraining`, with q, k and v concatenated by rows into the fused `qkv`.
 
-Official `.pth` files are read with `torch.load(map_location="cpu", weights_only=True)` only: a pickle that needs
-code execution is refused. Every source key must be used and every model weight provided with its exact shape and
-finite values; otherwise the conversion fails and names the keys.
+Official `.pth` files are read with `torch.load(map_location="cpu", weights_only=True)` only
+(`dmae_hf.hub.checkpoint_files`): a pickle that needs code execution is refused, and a file that is no checkpoint is
+called what it is. Key names are mapped by `dmae_hf.hub.renames`. Every source key must be used and every model
+weight provided with its exact shape and finite values; otherwise the conversion fails and names the keys.
 
     python -m dmae_hf convert dmae_base.pth out/dmae-vit-base
     python -m dmae_hf convert cifar_sigma0.25.pth out/c --normalization cifar10 --sigma 0.25 --push-to-hub org/name
 """
 
-import argparse
-import json
 import math
-import numbers
 import os
-import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import torch
@@ -45,10 +41,13 @@ from ..configuration_dmae import (
     PRESETS,
     DMAEConfig,
 )
+from ..defaults import check_sigma
 from ..image_processing_dmae import DMAEImageProcessor
-from ..modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification, non_finite_tensors
+from ..modeling_dmae import DMAEForPreTraining, DMAEForSmoothedClassification
 from . import names as hub_names
+from .checkpoint_files import CheckpointError, check_finite, load_checkpoint, torch_load
 from .model_card import render_model_card
+from .renames import official_name, rename_official, rename_vit_mae
 
 # Heads by width in the official models (`official` architectures: ViT-B 768/12, ViT-L 1024/16, ViT-H 1280/16; their
 # decoder 512/16): the heads of a checkpoint whose config does not give them.
@@ -56,154 +55,18 @@ _OFFICIAL = [DMAEConfig.from_preset(name) for name, arch in ARCHITECTURES.items(
 OFFICIAL_HEADS = {c.hidden_size: c.num_attention_heads for c in _OFFICIAL}
 OFFICIAL_DECODER_HEADS = {c.decoder_hidden_size: c.decoder_num_attention_heads for c in _OFFICIAL}
 NORMALIZATIONS = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
-
-_BLOCK_RENAMES = {"norm1.": "layernorm_before.", "attn.qkv.": "attention.qkv.", "attn.proj.": "attention.proj.",
-                  "norm2.": "layernorm_after.", "mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2."}
-_OFFICIAL_RENAMES = {
-    "cls_token": "dmae.embeddings.cls_token",
-    "pos_embed": "dmae.embeddings.position_embeddings",
-    "patch_embed.proj.weight": "dmae.embeddings.patch_embeddings.projection.weight",
-    "patch_embed.proj.bias": "dmae.embeddings.patch_embeddings.projection.bias",
-    "norm.weight": "dmae.layernorm.weight",
-    "norm.bias": "dmae.layernorm.bias",
-    "decoder_embed.weight": "decoder.decoder_embed.weight",
-    "decoder_embed.bias": "decoder.decoder_embed.bias",
-    "mask_token": "decoder.mask_token",
-    "decoder_pos_embed": "decoder.decoder_pos_embed",
-    "decoder_norm.weight": "decoder.decoder_norm.weight",
-    "decoder_norm.bias": "decoder.decoder_norm.bias",
-    "decoder_pred.weight": "decoder.decoder_pred.weight",
-    "decoder_pred.bias": "decoder.decoder_pred.bias",
-    "fc_norm.weight": "fc_norm.weight",
-    "fc_norm.bias": "fc_norm.bias",
-    "head.weight": "classifier.weight",
-    "head.bias": "classifier.bias",
-}
-# transformers ViTMAE: block-internal names (legacy | new) -> ours; "q"/"k"/"v" are fused afterwards.
-_HF_BLOCK_RENAMES = [
-    (r"attention\.attention\.query\.|attention\.q_proj\.", "q."),
-    (r"attention\.attention\.key\.|attention\.k_proj\.", "k."),
-    (r"attention\.attention\.value\.|attention\.v_proj\.", "v."),
-    (r"attention\.output\.dense\.|attention\.o_proj\.", "attention.proj."),
-    (r"intermediate\.dense\.|mlp\.fc1\.", "mlp.fc1."),
-    (r"output\.dense\.|mlp\.fc2\.", "mlp.fc2."),
-    (r"layernorm_before\.", "layernorm_before."),
-    (r"layernorm_after\.", "layernorm_after."),
-]
-_HF_TOP_RENAMES = {
-    "vit.embeddings.cls_token": "dmae.embeddings.cls_token",
-    "vit.embeddings.position_embeddings": "dmae.embeddings.position_embeddings",
-    "vit.embeddings.patch_embeddings.projection.weight": "dmae.embeddings.patch_embeddings.projection.weight",
-    "vit.embeddings.patch_embeddings.projection.bias": "dmae.embeddings.patch_embeddings.projection.bias",
-    "vit.layernorm.weight": "dmae.layernorm.weight",
-    "vit.layernorm.bias": "dmae.layernorm.bias",
-    **{f"decoder.{name}": f"decoder.{name}" for name in (
-        "decoder_embed.weight", "decoder_embed.bias", "mask_token", "decoder_pos_embed", "decoder_norm.weight",
-        "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias")},
-}
-_HF_ENCODER_BLOCK = re.compile(r"vit\.(?:encoder\.layer|layers)\.(\d+)\.(.+)")
-_HF_DECODER_BLOCK = re.compile(r"decoder\.(?:decoder_layers|decoder_encoder\.layer)\.(\d+)\.(.+)")
-
-
 _SOURCES = {"pretraining": "official DMAE pre-training", "classifier": "official DMAE fine-tuned classifier",
             "vit-mae": "transformers ViTMAE"}
 _UPLOADED = ["model.safetensors", "*.json", "*.py", "README.md"]  # what --push-to-hub sends (never a pickle)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be converted; the message says why and names the keys involved."""
-
-
-# ------------------------------------------------------------------------------------------------------------ loading
-# What torch's weights-only unpickler says when a pickle would import or call something beyond plain data.
-_CODE_EXECUTION = re.compile(r"GLOBAL (\S+) was not an allowed global|GLOBAL (\S+) whose module \S+ is blocked"
-                             r"|reduce for unrecognized function (.+?)(?: which belongs|$)"
-                             r"|Can only (?:create new object|build) .*?but got (.+)", re.M)
-
-
-def torch_load(path: Path) -> dict:
-    """`torch.load(weights_only=True)`, allowing only `argparse.Namespace` beyond tensors and plain containers: the
-    official training scripts save their `args` with the weights, and a Namespace only holds attributes."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = _CODE_EXECUTION.search(str(e))
-        if found:
-            raise CheckpointError(
-                f"{path} is a pickle that needs code execution to load (it references "
-                f"{next(g for g in found.groups() if g)}), which is not allowed: dmae-hf only reads checkpoints "
-                "with torch.load(weights_only=True). The file is not corrupt; re-save the state dict alone "
-                "(torch.save({'model': model.state_dict()}, path)) from code you trust."
-            ) from e
-        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(e))
-        detail = detail.group(1) if detail else str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path} could not be read: corrupt or truncated checkpoint ({detail[:200]}).") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} could not be read: corrupt or truncated checkpoint ({str(e)[:200]}).") from e
-
-
-def _load_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} could not be read: corrupt or truncated safetensors file ({e}).") from e
-
-
-def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Read a checkpoint file or a transformers model directory.
-
-    Returns the state dict (unwrapped from `{"model": ...}`) and the directory's `config.json` as a dict, if any.
-    """
-    path = Path(path)
-    hf_config = None
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            hf_config = json.loads((path / "config.json").read_text())
-        if (path / "model.safetensors").is_file():
-            state = _load_safetensors(path / "model.safetensors")
-        elif (path / "model.safetensors.index.json").is_file():
-            index = json.loads((path / "model.safetensors.index.json").read_text())
-            state = {}
-            for shard in sorted(set(index["weight_map"].values())):
-                state.update(_load_safetensors(path / shard))
-        elif (path / "pytorch_model.bin").is_file():
-            state = torch_load(path / "pytorch_model.bin")
-        else:
-            raise CheckpointError(f"{path} holds no model.safetensors or pytorch_model.bin.")
-    elif path.is_file():
-        state = _load_safetensors(path) if path.suffix == ".safetensors" else torch_load(path)
-    else:
-        raise CheckpointError(f"Checkpoint {path} does not exist.")
-
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path} does not hold a state dict (got {type(state).__name__}).")
-    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise CheckpointError(f"{path} is not a state dict: entries {not_tensors[:10]} are not tensors.")
-    return state, hf_config
-
-
-def check_finite(state: dict, source: str = "checkpoint") -> None:
-    """Refuse floating-point tensors holding NaN or Inf, naming them: such a model outputs NaN, which no
-    certificate may be built on."""
-    bad = non_finite_tensors(state.items())
-    if bad:
-        raise CheckpointError(f"The {source} has {len(bad)} tensor(s) with NaN or Inf values: {bad[:10]}"
-                              f"{' ...' if len(bad) > 10 else ''}. Convert a checkpoint saved before training "
-                              "diverged.")
-
-
 def _check_options(sigma=None, num_heads=None, decoder_num_heads=None, num_labels=None, **_):
     """Refuse option values no model can have, before any work is done."""
-    if sigma is not None and not (isinstance(sigma, numbers.Real) and math.isfinite(sigma) and sigma >= 0):
-        raise CheckpointError(f"--sigma must be a finite noise level >= 0 in [0, 1] pixel units (0.25, 0.5 or 1.0 in "
-                              f"the paper), got {sigma!r}.")
+    if sigma is not None:
+        try:  # the one sigma rule (0 allowed: a pre-training checkpoint without noise, i.e. a plain MAE)
+            check_sigma(sigma, name="--sigma", allow_zero=True)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     for option, value in (("--num-heads", num_heads), ("--decoder-num-heads", decoder_num_heads),
                           ("--num-labels", num_labels)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -238,70 +101,6 @@ def detect_layout(state: dict) -> str:
     sample = ", ".join(sorted(keys)[:8])
     raise CheckpointError(f"Not a DMAE/MAE ViT checkpoint: expected keys such as 'patch_embed.proj.weight', "
                           f"'blocks.0.attn.qkv.weight' or 'vit.embeddings.cls_token'; found {sample}, ...")
-
-
-# -------------------------------------------------------------------------------------------------------- renaming
-def rename_official(state: dict) -> tuple[dict, list[str]]:
-    """Official (timm) names -> dmae-hf names. Returns the renamed dict and the source keys no rule matched."""
-    out, unknown = {}, []
-    for key, value in state.items():
-        new = _OFFICIAL_RENAMES.get(key)
-        m = re.fullmatch(r"(blocks|decoder_blocks)\.(\d+)\.(.+)", key)
-        if m:
-            prefix = "dmae.layers" if m.group(1) == "blocks" else "decoder.decoder_layers"
-            rest = next((new_rest + m.group(3)[len(old):] for old, new_rest in _BLOCK_RENAMES.items()
-                         if m.group(3).startswith(old)), None)
-            new = f"{prefix}.{m.group(2)}.{rest}" if rest else None
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    return out, unknown
-
-
-def rename_vit_mae(state: dict) -> tuple[dict, list[str]]:
-    """transformers ViTMAEForPreTraining names (legacy or new) -> dmae-hf names, q/k/v fused into `qkv`."""
-    out, unknown, qkv = {}, [], {}
-    for key, value in state.items():
-        if key in _HF_TOP_RENAMES:
-            out[_HF_TOP_RENAMES[key]] = value
-            continue
-        m = _HF_ENCODER_BLOCK.fullmatch(key) or _HF_DECODER_BLOCK.fullmatch(key)
-        rest = None
-        if m:
-            for pattern, replacement in _HF_BLOCK_RENAMES:
-                hit = re.match(pattern, m.group(2))
-                if hit:
-                    rest = replacement + m.group(2)[hit.end():]
-                    break
-        if rest is None or rest.split(".")[-1] not in ("weight", "bias"):
-            unknown.append(key)
-            continue
-        prefix = "dmae.layers" if m.re is _HF_ENCODER_BLOCK else "decoder.decoder_layers"
-        if rest[0] in "qkv" and rest[1] == ".":
-            qkv.setdefault((prefix, m.group(1), rest[2:]), {})[rest[0]] = value
-        else:
-            out[f"{prefix}.{m.group(1)}.{rest}"] = value
-    for (prefix, index, param), parts in qkv.items():
-        missing = [p for p in "qkv" if p not in parts]
-        if missing:
-            raise CheckpointError(f"Block {prefix}.{index} has no {'/'.join(missing)} {param} to fuse into qkv.")
-        out[f"{prefix}.{index}.attention.qkv.{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    return out, unknown
-
-
-def official_name(key: str) -> str | None:
-    """The official (timm) name of a dmae-hf weight, the inverse of `rename_official` (None if it has none)."""
-    for old, new in _OFFICIAL_RENAMES.items():
-        if new == key:
-            return old
-    m = re.fullmatch(r"(dmae\.layers|decoder\.decoder_layers)\.(\d+)\.(.+)", key)
-    if m:
-        for old, new in _BLOCK_RENAMES.items():
-            if m.group(3).startswith(new):
-                blocks = "blocks" if m.group(1) == "dmae.layers" else "decoder_blocks"
-                return f"{blocks}.{m.group(2)}.{old}{m.group(3)[len(new):]}"
-    return None
 
 
 # --------------------------------------------------------------------------------------------------- architecture
@@ -484,6 +283,10 @@ def convert(source, output_dir, *, name: str | None = None, push_to_hub: str | N
     output_dir = Path(output_dir)
     _check_output_dir(output_dir)
     _check_options(**kwargs)
+    if push_to_hub:  # before any work: an unreachable Hub fails at once, not after the conversion and 5 retries
+        from .reach import require_hub
+
+        require_hub(f"--push-to-hub {push_to_hub}", "Convert without --push-to-hub, and upload the folder later.")
     state, hf_config = load_checkpoint(source)
     model = convert_state_dict(state, hf_config, **kwargs)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -509,5 +312,5 @@ def convert(source, output_dir, *, name: str | None = None, push_to_hub: str | N
 
 
 __all__ = ["CheckpointError", "load_checkpoint", "torch_load", "check_finite", "detect_layout", "convert_state_dict",
-           "convert", "infer_architecture", "rename_official", "rename_vit_mae", "OFFICIAL_HEADS",
+           "convert", "infer_architecture", "rename_official", "rename_vit_mae", "official_name", "OFFICIAL_HEADS",
            "OFFICIAL_DECODER_HEADS"]

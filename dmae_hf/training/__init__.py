@@ -4,8 +4,10 @@ Import from the submodules; this package imports and re-exports nothing.
 
 - `arguments`: the typed arguments (`ModelArguments`, `DataArguments`, `OptimizationArguments`, `RunArguments`),
   the scripts' shared flags built from them (`add_common_args`), `HelpFormatter`, `run_main`.
-- `streams`: `DataSetup` (the decoded, shuffled train stream and the held-out validation stream, checked before
-  any training) and the RNG-neutral iteration that makes resume exact.
+- `streams`: the streaming pipeline (`load_image_stream`, `ImageDecoder`, `build_stream`, `collate`): Hub or local
+  datasets read, split per rank, shuffled and decoded on DataLoader workers.
+- `data_setup`: `DataSetup` (the decoded, shuffled train stream and the held-out validation stream of a run,
+  checked before any training), its loaders, and the RNG-neutral iteration that makes resume exact.
 - `optim`: AdamW parameter groups (weight decay, layer-wise lr decay) and the warmup + half-cosine `Schedule`.
 - `checkpoints`: `TrainState`, pickle-free atomic `Checkpoints` and resume.
 - `tracking`: `JsonlTracker` (metrics.jsonl, each step once across resumes), `read_metrics`.
@@ -20,4 +22,4 @@ epoch (validation). Written twice, a fix to resume would have to be made twice a
 `tests/test_checkpoint_faults.py` covers both. The scripts pass those differences as `loss_fn`, `on_step` and
 `on_epoch_end`, and keep their model building, evaluation and final outputs.
 
-`dmae_hf.training.data` and `dmae_hf.training.augment` hold the data pipeline and the device augmentation."""
+`dmae_hf.training.augment` holds the device augmentation."""

@@ -76,8 +76,8 @@ class DataArguments:
     """The training stream: which dataset, split and columns, how much of it, and how it is decoded."""
 
     dataset: str = field(metadata=_arg(
-        "Hub dataset id (uoft-cs/cifar10, ILSVRC/imagenet-1k) or a local copy in the Hub layout "
-        "(e.g. $DMAE_DATA_DIR/cifar10)", required=True))
+        "Hub dataset id (uoft-cs/cifar10, ILSVRC/imagenet-1k) or the path of a local copy in the Hub layout "
+        "(a folder holding data/{split}-*.parquet)", required=True))
     split: str = field(default="train", metadata=_arg("training split"))
     image_column: str | None = field(default=None, metadata=_arg(
         "image column (None: the first column named image, img, jpg, jpeg, png or webp, else the first Image "
@@ -211,6 +211,21 @@ def training_arguments(namespace: argparse.Namespace) -> TrainingArguments:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """`--help` of the example scripts: the module docstring as written, every option with its default."""
+
+
+class _Renamed(argparse.Action):
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise ValueError(f"{option_string} was renamed: use {self.new}.")
+
+
+def add_renamed(parser, old: str, new: str) -> None:
+    """Refuse the flag `old` (hidden from `--help`) with the one-line `error: OLD was renamed: use NEW.` of
+    `run_main`, rather than argparse's "unrecognized arguments"."""
+    parser.add_argument(old, action=_Renamed, new=new, dest=f"_renamed_{old.strip('-').replace('-', '_')}")
 
 
 def run_main(main, argv=None) -> int:

@@ -1,5 +1,6 @@
 # Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
-"""Batched data augmentation on the training device (kornia), applied to `uint8` batches from `dmae_hf.training.data`.
+"""Batched data augmentation on the training device (kornia), applied to the `uint8` batches of
+`dmae_hf.training.streams`.
 
 Order, as in DMAE's training code: crop / flip / RandAugment on the clean image, then (fine-tuning) mixup/cutmix
 on the batch with soft labels, then the model adds the Gaussian noise itself. Outputs are float32 in [0, 1]

@@ -313,8 +313,9 @@ class Checkpoints:
         else:
             path = os.path.expanduser(str(resume))
             if not os.path.isdir(path):
-                raise ValueError(f"Checkpoint {path!r} does not exist; pass a checkpoint-<step> folder or --resume "
-                                 f"alone for the newest one in OUTPUT_DIR/checkpoints.")
+                what = "is a file, not a checkpoint folder" if os.path.exists(path) else "does not exist"
+                raise ValueError(f"Checkpoint {path!r} {what}; pass a checkpoint-<step> folder or --resume alone "
+                                 f"for the newest one in OUTPUT_DIR/checkpoints.")
             acc.print(f"resume: from {path}")
         meta, why = checkpoint_status(path)
         if meta is None:

@@ -10,15 +10,15 @@ import torch
 
 from .arguments import OptimizationArguments, RunArguments
 from .checkpoints import Checkpoints, TrainState
+from .data_setup import rng_neutral, set_epoch
 from .optim import Schedule, set_lr
-from .streams import rng_neutral, set_epoch
 from .tracking import JsonlTracker
 
 
 def make_accelerator(optim: OptimizationArguments, run: RunArguments):
     """The run's Accelerator: `grad_accum` micro-steps per optimizer step, `mixed_precision` (None: the accelerate
     config's), `cpu`. Loaders passed to `prepare` are read by rank 0 and dispatched (`dispatch_batches=True`: the
-    validation loaders, and the training loader in `--data-mode dispatch`; see dmae_hf.training.data). Every RNG is
+    validation loaders, and the training loader in `--data-mode dispatch`; see dmae_hf.training.streams). Every RNG is
     seeded with `optim.seed` (`accelerate.utils.set_seed`) once it exists."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed

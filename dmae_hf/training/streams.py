@@ -1,150 +1,295 @@
 # Copyright 2026 The dmae-hf authors. Licensed under the Apache License, Version 2.0.
-"""The data streams of a run (`DataSetup`: decoded, shuffled, held-out validation, checked before any training),
-their DataLoaders, and iterating them so that a resumed run draws the same random numbers as an uninterrupted one."""
+"""Streaming image datasets for DMAE training: Hub repos (`ILSVRC/imagenet-1k` parquet, `timm/imagenet-1k-wds`
+webdataset, CIFAR-10) and local folders in the Hub layout go through the same `datasets.load_dataset(...,
+streaming=True)` path.
+
+Pipeline (`build_stream`): raw stream -> columns renamed to `image`/`label`, images kept as encoded bytes ->
+optional exclusion of a held-out validation set -> shuffle buffer -> decode + fixed-size resize on the DataLoader's
+CPU workers (`ImageDecoder`) -> `collate` to `uint8` tensors. Random augmentation runs batched on the device
+afterwards (`dmae_hf.training.augment`), and the Gaussian noise is added by the model.
+
+Sharding across processes (`--data-mode`):
+
+- `per-rank` (default): every process reads a disjoint part of the stream and decodes it on its own DataLoader
+  workers (`build_stream`: the encoded stream is split before decoding): whole shards per
+  rank when the shard count is a multiple of the world size (each rank reads only its own files), else every
+  `world_size`-th example of the shuffled stream (each rank reads every file's bytes but decodes only its own
+  examples). Every example is seen at most once per epoch; ranks stop together at the first step where any rank
+  has no full batch left (`data_setup.RankBatches`: one all-gather of a flag per batch), so DDP never hangs on uneven
+  ends; the dropped examples are the tail of the longer ranks (less than one batch per rank with the example split,
+  the excess shards' worth with uneven shard sizes). The decoding throughput grows with the number of processes.
+- `dispatch`: the stream goes to `accelerator.prepare(DataLoader(...))` with `dispatch_batches=True`: rank 0 reads
+  and decodes everything (its workers split the shards) and splits each global batch over the ranks. Every example
+  is seen once per epoch (a last global batch that does not split evenly over the ranks is padded with the epoch's
+  first examples), at the cost of rank 0 decoding for every GPU. Use it when the stream cannot be split evenly
+  (fewer examples than ranks x batch, or a single unsplittable source read by one process) or to check the
+  per-rank mode against it. Validation loaders always use it (small, and `gather_for_metrics` drops the padding).
+  We never call `split_dataset_by_node`:
+  its example-level split applies after the map, i.e. every rank would still decode every example, and combined
+  with `prepare` it shards twice.
+
+Held-out validation (`--val-size N`): the first N examples of the unshuffled train stream, identified by a hash of
+their encoded bytes (`example_id`), are removed from the training stream by a filter. A filter, unlike
+`skip(N)`, does not depend on how the stream is later sharded (`skip` is split across shards).
+
+Resumable position: the epoch's order is fixed by `(seed, epoch)` (`shuffle` + `set_epoch`), and the checkpointed
+`TrainState` (`dmae_hf.training.checkpoints`) records the batches already consumed in the epoch; a resumed run
+re-reads and skips them (`skip_batches`), so it continues with exactly the examples the interrupted run would have
+seen. (A `ds.state_dict()` alone is not enough with DataLoader workers, each of which holds part of the stream.) In
+the per-rank mode each rank skips its own consumed batches, which are the same ones again since its part of the
+stream depends only on `(seed, epoch, rank, world size, workers)`.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+
+import numpy as np
 import torch
+from PIL import Image
 
-from .arguments import DEFAULT_CROP_SCALE, DataArguments
-
-
-class DataSetup:
-    """The streams of one run, built and checked before any training: `train` (decoded, shuffled), `val`
-    (decoded, unshuffled, or None), `train_size` (examples per epoch or None), `num_classes`, `class_names`,
-    `small` (images of 64 px or less kept as they are), `crop_scale` and `augment_size` (what `DeviceAugment`
-    takes). `seed` orders the shuffle; `default_scale` is the RandomResizedCrop scale used for images of 128 px
-    and more when `--crop-scale` is not given."""
-
-    def __init__(self, data_args: DataArguments, image_size: int, with_labels: bool, seed: int,
-                 num_labels: int | None = None, default_scale: tuple[float, float] = DEFAULT_CROP_SCALE["pretrain"],
-                 rank: int = 0, num_processes: int = 1):
-        from . import data
-
-        self.mode = data_args.data_mode
-        if self.mode not in ("per-rank", "dispatch"):
-            raise ValueError(f"--data-mode must be per-rank or dispatch, got {self.mode!r}.")
-        split = self.mode == "per-rank" and num_processes > 1
-        self.rank, self.num_processes = (rank, num_processes) if split else (0, 1)
-        self.drop_last = split  # per-rank ranks keep full batches only (the schedule counts floor(size / batch))
-
-        raw = data.load_image_stream(data_args.dataset, data_args.split, data_args.image_column,
-                                     data_args.label_column if with_labels else None, token=data_args.token)
-        self.class_names = data.class_names_of(raw) if with_labels else None
-        self.num_classes = num_labels or (data.num_classes_of(raw) if with_labels else None)
-        if with_labels and self.num_classes is None:
-            raise ValueError("The label column is not a ClassLabel; pass --num-labels.")
-        # Decoded size: small images (CIFAR) as they are; large ones resized + center-cropped.
-        probe = data.ImageDecoder()
-        first = next(iter(raw.take(1)), None)
-        if first is None:
-            raise ValueError(f"Split {data_args.split!r} of {data_args.dataset!r} is empty.")
-        native = probe.decode(first["image"]).shape[-1]
-        self.small = data_args.decode_size is None and native <= 64
-        if data_args.no_crop:
-            self.crop_scale = None
-        elif data_args.crop_scale is not None:
-            self.crop_scale = tuple(data_args.crop_scale)
-        else:
-            self.crop_scale = default_scale if image_size >= 128 and not self.small else None
-        if self.small:
-            train_dec = data.ImageDecoder(num_labels=self.num_classes)
-            eval_dec = train_dec
-        else:
-            size = data_args.decode_size or (256 if self.crop_scale is not None else image_size)
-            train_dec = data.ImageDecoder(size, size, num_labels=self.num_classes)
-            eval_dec = data.ImageDecoder(data_args.decode_size or round(image_size * 256 / 224), image_size,
-                                         num_labels=self.num_classes)
-        self.augment_size = image_size if self.crop_scale is not None else (None if self.small else image_size)
-        if data_args.max_train_examples:
-            raw = data.first_examples(raw, data_args.max_train_examples + data_args.val_size)
-        data.validate_stream(raw, train_dec)
-        train_raw, val_raw = data.hold_out(raw, data_args.val_size)
-        total = data_args.train_size
-        if total is None:
-            total = data_args.max_train_examples or data.count_examples(data_args.dataset, data_args.split,
-                                                                        token=data_args.token)
-            if total is not None and not data_args.max_train_examples:
-                total -= data_args.val_size
-        self.train_size = total
-        self.train = data.build_stream(train_raw, train_dec, shuffle=True, seed=seed,
-                                       buffer_size=data_args.shuffle_buffer, rank=self.rank,
-                                       world_size=self.num_processes)
-        self.val = data.build_stream(val_raw, eval_dec, shuffle=False) if val_raw is not None else None
-        self.val_size = data_args.val_size
-
-    def train_loader(self, accelerator, batch_size: int, num_workers: int):
-        """The training batches on `accelerator.device`: per-rank mode, this rank's own loader in `RankBatches`
-        (full batches only, every rank stopping at the same step); dispatch mode, `accelerator.prepare` of one
-        loader (rank 0 reads, the Accelerator must have `dispatch_batches=True`, as `loop.make_accelerator`'s)."""
-        if self.drop_last:
-            return RankBatches(self.loader(self.train, batch_size, num_workers, drop_last=True), self.train,
-                               accelerator)
-        return accelerator.prepare(self.loader(self.train, batch_size, num_workers))
-
-    def loader(self, dataset, batch_size: int, num_workers: int, drop_last: bool = False):
-        from torch.utils.data import DataLoader
-
-        from .data import UniformBatches, collate
-
-        workers = min(num_workers, dataset.num_shards)
-        # A private generator for the workers' base seed (decoding uses no randomness). Accelerate's batch
-        # dispatcher drops it, so the training loops also iterate through `rng_neutral`.
-        generator = torch.Generator().manual_seed(0)
-        if workers > 1:  # workers in a nested loader, full batches out (see UniformBatches)
-            return DataLoader(UniformBatches(dataset, workers), batch_size=batch_size, collate_fn=collate,
-                              generator=generator, drop_last=drop_last)
-        return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers,
-                          persistent_workers=False, generator=generator, drop_last=drop_last)
+from ..image_datasets import dataset_not_found, load_image_split
+from ..image_processing_dmae import DMAEImageProcessor, decode_image
 
 
-class RankBatches:
-    """The per-rank mode's training loader: this rank's batches, moved to the device, ending on every rank at the
-    first step where any rank has none left.
+def load_image_stream(path: str, split: str = "train", image_column: str | None = None,
+                      label_column: str | None = "label", token: str | bool | None = None, streaming: bool = True):
+    """`dmae_hf.image_datasets.load_image_split` (the reader `dmae certify` uses too: one rule finds the image
+    column, the images stay encoded, clear errors before any training) with the columns renamed to `image`/`label`.
+    `label_column=None` keeps images only."""
+    ds, image_column, label_column = load_image_split(path, split, image_column, label_column, token=token,
+                                                      streaming=streaming)
+    renames = {image_column: "image", label_column: "label"}
+    renames = {old: new for old, new in renames.items() if old is not None and old != new}
+    return ds.rename_columns(renames) if renames else ds
 
-    Before each batch the ranks all-gather a flag "I have a full batch" (one tiny collective per batch, negligible
-    beside DDP's gradient all-reduce); when any flag is 0 every rank stops, so the ranks run the same number of
-    steps whatever their share of the stream (uneven shards, an example count that the world size does not
-    divide), and DDP never waits for a rank that has finished. The loader drops partial batches, so the examples
-    dropped each epoch are the tail of the longer ranks' parts."""
 
-    def __init__(self, loader, dataset, accelerator):
-        self.loader, self.dataset, self.accelerator = loader, dataset, accelerator
+def num_classes_of(ds) -> int | None:
+    """Number of classes declared by a `ClassLabel` label column, else None."""
+    import datasets
+
+    feature = (ds.features or {}).get("label")
+    return feature.num_classes if isinstance(feature, datasets.ClassLabel) else None
+
+
+def class_names_of(ds) -> list[str] | None:
+    import datasets
+
+    feature = (ds.features or {}).get("label")
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def _image_bytes(image) -> bytes:
+    """Encoded bytes of an undecoded `Image` value (dict with bytes/path), of raw bytes, or of a PIL image."""
+    if isinstance(image, dict):
+        if image.get("bytes") is not None:
+            return image["bytes"]
+        if image.get("path"):
+            with open(image["path"], "rb") as f:
+                return f.read()
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+    raise ValueError(f"Cannot read image value of type {type(image).__name__}.")
+
+
+def example_id(image) -> int:
+    """A stable signed 63-bit id of an example: a hash of its encoded image bytes."""
+    return int.from_bytes(hashlib.blake2b(_image_bytes(image), digest_size=8).digest(), "little") >> 1
+
+
+def hold_out(ds, val_size: int):
+    """Split a stream into `(train, val)`: `val` = the first `val_size` examples of the unshuffled stream, `train` =
+    every other example (filtered by `example_id`, so it stays correct after sharding and shuffling)."""
+    if val_size <= 0:
+        return ds, None
+    val = ds.take(val_size)
+    held = {example_id(ex["image"]) for ex in val}
+    if len(held) < val_size:
+        raise ValueError(f"--val-size {val_size} is larger than the split ({len(held)} distinct examples).")
+    train = ds.filter(lambda ex: example_id(ex["image"]) not in held)
+    return train, val
+
+
+class ImageDecoder:
+    """Decode on CPU workers to a fixed size for batching, as `uint8` (3, S, S).
+
+    `resize_shortest_edge=None` keeps images as they are (CIFAR-10; they must then all have the same size).
+    Otherwise the shortest edge is resized (bicubic) and the center `crop_size` square is kept, e.g. 256 -> 224 for
+    ImageNet evaluation, or 256 -> 256 before the device-side RandomResizedCrop of training.
+    """
+
+    def __init__(self, resize_shortest_edge: int | None = None, crop_size: int | None = None,
+                 num_labels: int | None = None):
+        self.processor = DMAEImageProcessor(
+            do_resize=resize_shortest_edge is not None, resize_shortest_edge=resize_shortest_edge or 256,
+            do_center_crop=crop_size is not None, crop_size=crop_size or 224)
+        self.num_labels = num_labels
+
+    def decode(self, image) -> np.ndarray:
+        """An image value (see `dmae_hf.image_processing_dmae.decode_image`) -> `uint8` (3, H, W), resized and
+        cropped by the processor."""
+        return self.processor.to_array(self.processor.resize_and_crop(decode_image(image)), rescale=False)
+
+    def __call__(self, example: dict) -> dict:
+        out = {"pixel_values": self.decode(example["image"]), "example_id": example_id(example["image"])}
+        if "label" in example:
+            label = example["label"]
+            check_label(label, self.num_labels)
+            out["label"] = int(label)
+        return out
+
+
+def check_label(label, num_labels: int | None) -> None:
+    if label is None or isinstance(label, float) and not float(label).is_integer():
+        raise ValueError(f"Invalid label {label!r}: labels must be integer class indices.")
+    if int(label) < 0 or (num_labels is not None and int(label) >= num_labels):
+        bound = f"[0, {num_labels})" if num_labels is not None else ">= 0"
+        raise ValueError(f"Label {int(label)} is out of range: labels must be in {bound} (num_labels={num_labels}).")
+
+
+def collate(examples: list[dict]) -> dict:
+    """Stack decoded examples: `pixel_values` uint8 (B, 3, S, S), `labels` int64 (B,), `example_id` int64 (B,)."""
+    shapes = {tuple(e["pixel_values"].shape) for e in examples}
+    if len(shapes) > 1:
+        raise ValueError(f"Images of different sizes {sorted(shapes)} in one batch; set a resize/crop size.")
+    pixels = [e["pixel_values"] for e in examples]
+    batch = {
+        "pixel_values": (torch.stack(pixels) if isinstance(pixels[0], torch.Tensor)
+                         else torch.from_numpy(np.stack(pixels))),
+        "example_id": torch.tensor([int(e["example_id"]) for e in examples], dtype=torch.int64),
+    }
+    if "label" in examples[0] or "labels" in examples[0]:
+        batch["labels"] = torch.tensor([int(e["label"] if "label" in e else e["labels"]) for e in examples],
+                                       dtype=torch.int64)
+    return batch
+
+
+def first_examples(ds, n: int, num_shards: int = 8):
+    """The first `n` examples of the unshuffled stream `ds` as an in-memory stream with `num_shards` shards (for
+    `--max-train-examples`). `ds.take(n)` is not usable here: once the DataLoader workers (or ranks) shard it, each
+    shard takes its own share of `n` from its own files, so the subset is not the first `n` examples."""
+    import datasets
+
+    rows = list(ds.take(n))
+    if not rows:
+        raise ValueError("The dataset split is empty.")
+    table = datasets.Dataset.from_list(rows, features=ds.features)
+    return table.to_iterable_dataset(num_shards=max(1, min(num_shards, len(rows))))
+
+
+class UniformBatches(torch.utils.data.IterableDataset):
+    """Decoded examples of `dataset`, read by a DataLoader with `num_workers` workers and yielded one by one in a
+    fixed order, so that the DataLoader wrapping this yields full batches except the very last one.
+
+    Why: with several workers, a plain DataLoader ends each worker's share of the shards with its own partial
+    batch, i.e. partial batches mid-epoch. Accelerate's batch dispatcher (rank 0 reads, splits each global batch
+    over the ranks) cuts a global batch of odd size to a multiple of the number of processes and silently drops
+    the rest, so examples were lost every epoch. Re-batching in the main process fixes it."""
+
+    def __init__(self, dataset, num_workers: int, chunk: int = 64):
+        super().__init__()
+        self.dataset, self.num_workers, self.chunk = dataset, num_workers, chunk
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
+    @property
+    def num_shards(self) -> int:
+        return self.dataset.num_shards
+
     def __iter__(self):
-        device = self.accelerator.device
-        iterator = iter(self.loader)
-        while True:
-            batch = next(iterator, None)
-            flag = torch.tensor([0 if batch is None else 1], device=device)
-            if int(self.accelerator.gather(flag).min()) == 0:  # every rank takes part, also one that has none left
-                return
-            yield {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        from torch.utils.data import DataLoader
+
+        inner = DataLoader(self.dataset, batch_size=self.chunk, collate_fn=collate, num_workers=self.num_workers,
+                           generator=torch.Generator().manual_seed(0))  # leaves torch's global RNG alone
+        for batch in inner:
+            for i in range(batch["pixel_values"].shape[0]):
+                yield {k: v[i] for k, v in batch.items()}
 
 
-
-def rng_neutral(iterable):
-    """Iterate `iterable` (a DataLoader) without touching torch's global RNG: starting a DataLoader iterator draws
-    its workers' base seed from it. A run resumed mid-epoch starts its iterator at a different step than the
-    uninterrupted run, so without this its augmentation, masks and noise would differ from the uninterrupted run's
-    from the resumed step on."""
-    state = torch.get_rng_state()
-    iterator = iter(iterable)
-    try:
-        first = next(iterator)
-    except StopIteration:
-        return
-    finally:
-        torch.set_rng_state(state)
-    yield first
-    yield from iterator
+def rank_split(num_shards: int, world_size: int) -> str:
+    """How `build_stream` splits a stream of `num_shards` shards over `world_size` ranks: "whole" (one rank),
+    "shards" when `num_shards % world_size == 0` (rank r keeps shards r, r + world_size, ... and reads only those
+    files), else "examples" (rank r keeps the examples of index r mod world_size of each DataLoader worker's
+    shuffled stream: it reads every file's bytes but decodes only its own examples)."""
+    if world_size <= 1:
+        return "whole"
+    return "shards" if num_shards % world_size == 0 else "examples"
 
 
-def set_epoch(dataloader, dataset, epoch: int) -> None:
-    if hasattr(dataloader, "set_epoch"):
-        dataloader.set_epoch(epoch)
-    else:
-        dataset.set_epoch(epoch)
+def build_stream(ds, decoder: ImageDecoder, shuffle: bool = True, seed: int = 0, buffer_size: int = 10_000,
+                 rank: int = 0, world_size: int = 1):
+    """Keep this rank's part of a stream of encoded examples (`rank_split`), shuffle it (buffer + shard order; call
+    `set_epoch` each epoch) and decode it. Returns an `IterableDataset`.
+
+    The ranks' parts are disjoint and together are the whole stream, for any shard count. The example split needs
+    the same stream order on every rank, which holds because the shuffle depends only on `(seed, epoch)` and every
+    rank runs the same number of workers. Decoding comes after the split, so a rank decodes only its own examples
+    (unlike `split_dataset_by_node`, whose example split applies after the map)."""
+    features, how = list(ds.features), rank_split(ds.num_shards, world_size)
+    if how == "shards":
+        ds = ds.shard(num_shards=world_size, index=rank, contiguous=False)
+    if shuffle:
+        ds = ds.shuffle(seed=seed, buffer_size=buffer_size)
+    if how == "examples":
+        ds = ds.filter(lambda _, index: index % world_size == rank, with_indices=True)
+    return ds.map(decoder, remove_columns=features)
+
+
+def validate_stream(ds, decoder: ImageDecoder, num_examples: int = 64) -> int:
+    """Decode the first `num_examples` examples and check their labels, so bad data fails before training.
+    Returns the number of examples checked (0 means the split is empty, which is an error)."""
+    count = 0
+    for example in ds.take(num_examples):
+        decoder(example)
+        count += 1
+    if count == 0:
+        raise ValueError("The dataset split is empty.")
+    return count
+
+
+__all__ = [
+    "load_image_stream",
+    "dataset_not_found",
+    "hold_out",
+    "first_examples",
+    "UniformBatches",
+    "ImageDecoder",
+    "collate",
+    "build_stream",
+    "rank_split",
+    "validate_stream",
+    "check_label",
+    "example_id",
+    "num_classes_of",
+    "class_names_of",
+    "count_examples",
+]
+
+
+def count_examples(path: str, split: str, token: str | bool | None = None) -> int | None:
+    """Number of examples of a split, from the builder's split info or the parquet footers (no data read), else
+    None (then pass `--max-steps` or `--train-size`)."""
+    import datasets
+
+    builder = datasets.load_dataset_builder(os.path.expanduser(str(path)), token=token)
+    splits = builder.info.splits
+    if splits and split in splits and splits[split].num_examples:
+        return int(splits[split].num_examples)
+    files = (builder.config.data_files or {}).get(split)
+    if not files or not all(str(f).endswith(".parquet") for f in files):
+        return None
+    import fsspec
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in files:
+        with fsspec.open(str(f), "rb", **({"token": token} if str(f).startswith("hf://") and token else {})) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
