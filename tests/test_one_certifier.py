@@ -57,6 +57,18 @@ def through_the_pipeline(setup, image, options):
     return {"prediction": result["class_id"], **{name: result[name] for name in FIELDS[1:]}}
 
 
+def through_the_web_page(setup, image, options):
+    """The page's function (`dmae serve`): it picks its own noise batch size, and passes only the options given."""
+    from dmae_hf.web.certifier import certify_image
+
+    method = options.get("method", "cohen")
+    given = {name: options.get(name) for name in ("first_look", "target_radius", "radius_tolerance")}
+    result = certify_image(str(image), model=setup.model, denoiser=setup.denoiser, sigma=setup.sigma,
+                           override_sigma=setup.override_sigma, n0=options["n0"], n=options["n"],
+                           alpha=options["alpha"], seed=options["seed"], method=method, **given)
+    return {"prediction": result.class_id, **{name: getattr(result, name) for name in FIELDS[1:]}}
+
+
 class Route(NamedTuple):
     name: str
     certify: object
@@ -67,6 +79,7 @@ ROUTES = [
     Route("g", through_g),
     Route("model.certify", through_model_certify, dmae_only=True),
     Route("pipeline", through_the_pipeline),
+    Route("web page", through_the_web_page),
 ]
 
 

@@ -23,8 +23,8 @@ from PIL import Image
 
 from dmae_hf import defaults
 from dmae_hf.hub.names import SHORT_NAMES, repo_id
-from dmae_hf.smoothed_classifier import SmoothedClassifier
 from dmae_hf.web import REFUSED, ServerSettings, certify_image, default_settings, example_images, stage_space
+from dmae_hf.web.certifier import TARGET_RADII
 from dmae_hf.web.space import SPACE_DIR, SPACE_FILES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,6 @@ CHROMEDRIVER = shutil.which("chromedriver")
 ASSETS = REPO_ROOT / "dmae_hf" / "assets" / "cifar10"
 CAT = ASSETS / "test_00003_cat.png"
 CLEAN_VIT, DENOISER = "vit-tiny-cifar10-clean", "dmae-tiny-cifar10-denoiser"
-G_LANDED = hasattr(SmoothedClassifier, "from_pretrained")  # helper g's API (G_API.md); the web uses a shim until then
 
 
 # --------------------------------------------------------------------------------------------- the plain function
@@ -77,10 +76,20 @@ def test_certify_image_gives_the_certificate_the_page_shows(tmp_path):
     assert "shrunk" in certify_image(photo, method="cohen", n=100).summary()
 
 
-@pytest.mark.xfail(not G_LANDED, reason="override_sigma needs helper g's SmoothedClassifier (G_API.md)", strict=True)
 def test_another_sigma_needs_the_override_and_is_recorded():
     result = certify_image(CAT, sigma=0.3, override_sigma=True, method="cohen", n=300)
     assert result.sigma == 0.3 and result.sigma_override and "override_sigma" in result.summary()
+
+
+def test_the_method_options_reach_g_for_every_method_that_takes_them():
+    """Sequential takes the page's target radii too (defaults.METHODS): it stops early only with them."""
+    with_targets = certify_image(CAT, method="sequential", n=2000)
+    without = certify_image(CAT, method="sequential", n=2000, target_radius=None)
+    assert with_targets.target_radius == TARGET_RADII and "target radii 0.25, 0.5" in with_targets.summary()
+    assert with_targets.num_samples < without.num_samples  # stopped once the target radius was out of reach
+    assert without.target_radius is None
+    with pytest.raises(ValueError, match="radius_tolerance must be a finite number"):
+        certify_image(CAT, method="sequential", n=300, radius_tolerance=-1.0)
 
 
 BAD_UPLOADS = {

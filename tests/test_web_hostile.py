@@ -128,7 +128,7 @@ def test_the_server_decides_its_lists_at_start(tmp_path, monkeypatch):
     assert settings.limits == Limits(max_seconds=5.0, concurrency=2)
     with pytest.raises(ValueError, match="neither an existing folder nor a Hub id"):
         ServerSettings.build(models=[str(tmp_path / "missing")], environ={})
-    with pytest.raises(ValueError, match="max_seconds must be a positive number"):
+    with pytest.raises(ValueError, match=r"max_seconds \(--max-seconds, \$DMAE_SERVE_MAX_SECONDS\) must be"):
         Limits(max_seconds=float("nan"))
 
 

@@ -23,11 +23,11 @@ def register(subparsers):
         description="Start the web demo (a Gradio app): upload an image, choose a model the server offers (and a "
                     "DMAE denoiser), sigma, n, alpha and the method, and see the certificate. Needs the demo extra "
                     f"({DEMO_EXTRA}).")
-    parser.add_argument("--model", action="append", default=[], metavar="MODEL",
+    parser.add_argument("--model", action="append", metavar="MODEL",
                         help="offer this classifier too (short name, Hub id or local folder; repeat for more; a Hub "
                              f"id is downloaded at start); the first is selected when the page opens (default: "
                              f"{EMBEDDED_MODEL}). Env: DMAE_SERVE_MODELS (comma-separated)")
-    parser.add_argument("--denoiser", action="append", default=[], metavar="DENOISER",
+    parser.add_argument("--denoiser", action="append", metavar="DENOISER",
                         help="offer this DMAE denoiser too (repeatable). Env: DMAE_SERVE_DENOISERS")
     parser.add_argument("--max-samples", type=int, help=f"most noisy samples (n0 + n) per request (default "
                         f"{MAX_SAMPLES:,}). Env: DMAE_SERVE_MAX_SAMPLES")
@@ -60,9 +60,9 @@ def run(args) -> int:
         raise ImportError(f"dmae serve needs gradio, which is not installed: {DEMO_EXTRA}") from error
     from ..web import ServerSettings, build_app, launch
 
-    settings = ServerSettings.build(models=args.model, denoisers=args.denoiser, max_samples=args.max_samples,
-                                    max_seconds=args.max_seconds, concurrency=args.concurrency,
-                                    max_queue=args.max_queue)
+    settings = ServerSettings.build(models=args.model or (), denoisers=args.denoiser or (),
+                                    max_samples=args.max_samples, max_seconds=args.max_seconds,
+                                    concurrency=args.concurrency, max_queue=args.max_queue)
     print(f"Offering {', '.join(settings.models)}; denoisers {', '.join(settings.denoisers) or 'none'}; "
           f"{settings.limits.describe()}.")
     launch(build_app(settings), host=args.host, port=args.port, share=args.share)

@@ -50,9 +50,9 @@ def default_settings() -> ServerSettings:
 @functools.lru_cache(maxsize=4)
 def load_smoothed(model: str, denoiser: str | None, sigma: float | None, override_sigma: bool):
     """g for an offered model (and denoiser) at sigma, cached: the last four stay loaded."""
-    from ._gshim import from_pretrained
+    from ..smoothed_classifier import SmoothedClassifier
 
-    g = from_pretrained(model, sigma=sigma, denoiser=denoiser, override_sigma=override_sigma)
+    g = SmoothedClassifier.from_pretrained(model, sigma=sigma, denoiser=denoiser, override_sigma=override_sigma)
     g.register_forward_hook(_watch_hook)
     return g.eval()
 
@@ -219,9 +219,10 @@ class DemoResult:
                      f"{self.perturbation_norm:.3f} (r in a random direction, clipped to [0, 1]), too small to change "
                      "the prediction."]
         stopped = ""
-        if self.method == "adaptive":
+        if self.method != "cohen":
             targets = ", ".join(f"{t:g}" for t in self.target_radius or ())
-            stopped = f", target radii {targets}: stopped after {self.num_samples - self.n0:,} of n = {self.n:,}"
+            targets = f", target radii {targets}" if targets else ""
+            stopped = f"{targets}: stopped after {self.num_samples - self.n0:,} of n = {self.n:,}"
         lines.append(f"{self.num_samples:,} noisy samples (n0 = {self.n0}, n = {self.n:,}, alpha = {self.alpha:g}, "
                      f"method {self.method}{stopped}) in {self.seconds:.1f} s.")
         if self.sigma_override:
@@ -259,13 +260,16 @@ def to_uint8(pixel_values):
 def certify_image(image, model: str = defaults.EMBEDDED_MODEL, denoiser: str | None = None, sigma=None,
                   override_sigma: bool = False, n0: int = defaults.N0, n: int = defaults.DEMO_N,
                   alpha: float = defaults.ALPHA, method: str = "adaptive", target_radius=TARGET_RADII,
-                  first_look: int = FIRST_LOOK, seed: int = defaults.SEED, num_noisy: int = NUM_NOISY,
+                  first_look: int | None = FIRST_LOOK, radius_tolerance: float | None = None,
+                  seed: int = defaults.SEED, num_noisy: int = NUM_NOISY,
                   settings: ServerSettings | None = None, stop=None, progress=None) -> DemoResult:
     """Certify one image (an upload's path, or a PIL image / array) with the offered `model` behind the offered
     `denoiser` (None: none); see the module doc.
 
     sigma: None = the sigma g is trained for (required when there is none); another one needs `override_sigma`
-    (`defaults.check_sigma`). method "adaptive" uses `target_radius` and `first_look`; "cohen" ignores them.
+    (`defaults.check_sigma`). The method's options (`defaults.METHODS`: `first_look`, `target_radius`,
+    `radius_tolerance` for "adaptive" and "sequential") go to g; None leaves the method's own default; "cohen" takes
+    none.
     settings: the server's lists and limits (default: `default_settings()`). stop: a `threading.Event` that cancels
     the work; progress: called as progress(fraction, desc=...) after each noisy batch. Raises `ValueError` for
     anything that cannot be certified (`RequestStopped` when the work was stopped), with a one-sentence message.
@@ -289,8 +293,6 @@ def certify_image(image, model: str = defaults.EMBEDDED_MODEL, denoiser: str | N
         raise ValueError("sigma is required: this model was not trained for a noise level (it is not a DMAE "
                          "classifier and has no denoiser), so enter the sigma to certify at, in [0, 1] pixel units, "
                          "e.g. 0.25.")
-    if isinstance(sigma, numbers.Integral) and not isinstance(sigma, bool) and abs(sigma) > 10**300:
-        sigma = math.inf  # beyond a float: check_sigma refuses it as it refuses inf
     sigma = defaults.check_sigma(trained if sigma is None else sigma, trained, override_sigma)
     start = time.perf_counter()
     g = load_smoothed(model_source, denoiser_source, sigma, override_sigma)
@@ -298,7 +300,8 @@ def certify_image(image, model: str = defaults.EMBEDDED_MODEL, denoiser: str | N
     x = prepared.pixel_values
     h, w = x.shape[-2:]
     watch = _Watch(limits.max_seconds, n0 + n, stop, progress, num_noisy)
-    options = {"target_radius": list(target_radius), "first_look": first_look} if method == "adaptive" else {}
+    given = {"first_look": first_look, "target_radius": target_radius, "radius_tolerance": radius_tolerance}
+    options = {name: given[name] for name in defaults.METHODS[method] if given.get(name) is not None}
     token = _WATCH.set(watch)
     try:
         watch.start()
@@ -306,11 +309,12 @@ def certify_image(image, model: str = defaults.EMBEDDED_MODEL, denoiser: str | N
                          batch_size=max(1, min(defaults.NOISE_BATCH, BATCH_PIXELS // (h * w))), **options)
     finally:
         _WATCH.reset(token)
-    return _result(g, cert, x, watch, prepared, model, denoiser, n0, n, alpha, method, target_radius, seed,
-                   time.perf_counter() - start)
+    return _result(g, cert, x, watch, prepared, model, denoiser, n0, n, alpha, method, options.get("target_radius"),
+                   seed, time.perf_counter() - start)
 
 
 def _result(g, cert, x, watch, prepared, model, denoiser, n0, n, alpha, method, target_radius, seed, seconds):
+    import numpy as np
     import torch
 
     names = [g.id2label.get(i, str(i)) for i in range(len(cert.counts))]
@@ -321,7 +325,7 @@ def _result(g, cert, x, watch, prepared, model, denoiser, n0, n, alpha, method, 
         pA_lower=cert.pA_lower, counts=dict(zip(names, cert.counts, strict=True)), num_samples=cert.num_samples,
         sigma=g.sigma, model_sigma=g.trained_sigma, sigma_override=bool(getattr(cert, "sigma_override", False)),
         model=model, denoiser=None if denoiser in (None, "none") else denoiser, n0=n0, n=n, alpha=alpha,
-        method=method, target_radius=tuple(target_radius) if method == "adaptive" else None,
+        method=method, target_radius=None if target_radius is None else tuple(np.atleast_1d(target_radius).tolist()),
         resolution=tuple(x.shape[-2:]), seconds=seconds, shrink_note=g.shrink_note(prepared.shrink),
         clean=to_uint8(x), noisy=[(to_uint8(image), names[vote]) for image, vote in watch.noisy],
         perturbed=to_uint8(perturbed), perturbation_norm=float((perturbed - x).norm()))

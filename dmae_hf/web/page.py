@@ -160,8 +160,9 @@ def build_app(settings: ServerSettings | None = None):
                                   label=f"n (estimation samples; n0 = {defaults.N0} + n <= {limits.max_samples:,})")
                 alpha_box = gr.Number(value=defaults.ALPHA, label="alpha (failure probability)", elem_id="alpha")
                 method_box = gr.Radio(list(defaults.METHODS), value="adaptive", elem_id="method",
-                                      label=f"method (adaptive: stop once radius {' / '.join(map(str, TARGET_RADII))}"
-                                            " is certified or out of reach)")
+                                      label=f"method ({' and '.join(m for m, o in defaults.METHODS.items() if o)}: "
+                                            f"stop once radius {' / '.join(map(str, TARGET_RADII))} is certified or "
+                                            "out of reach)")
                 with gr.Row():
                     button = gr.Button("Certify", variant="primary", elem_id="certify")
                     cancel = gr.Button("Cancel", elem_id="cancel")

@@ -12,11 +12,11 @@ as a path or fetched from the Hub.
     >>> settings.source("dmae-tiny-cifar10")          # what g loads for that choice
     >>> settings.source("../../etc")                   # ValueError(REFUSED)
 
-Offered by default: the checkpoints shipped in the package and the released short names already in the local Hub
-cache. `dmae serve --model ... --denoiser ...` (or the Space's settings, `$DMAE_SERVE_MODELS` and
-`$DMAE_SERVE_DENOISERS`, comma-separated) add short names, Hub ids and local folders; a Hub id that is not cached is
-downloaded when the server starts. Released names that are not here (they need a download, or are not published yet)
-are listed apart on the page with the route to publish them.
+Offered by default: the loadable short names of `dmae_hf.hub.available.available_models()` (the checkpoints shipped in
+the package, then the released ones already in the local Hub cache). `dmae serve --model ... --denoiser ...` (or the
+Space's settings, `$DMAE_SERVE_MODELS` and `$DMAE_SERVE_DENOISERS`, comma-separated) add short names, Hub ids and local
+folders; a Hub id that is not cached is downloaded when the server starts. Released names that are not here (they need
+a download, or are not published yet) are listed apart on the page with the route to publish them.
 """
 
 import logging
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import defaults
+from ..hub.available import available_models
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,10 @@ class Limits:
         for name in ("max_samples", "concurrency", "max_queue", "max_bytes", "max_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}.")
+                raise ValueError(f"{_setting(name)} must be a whole number >= 1, got {value!r}.")
         seconds = self.max_seconds
         if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds < math.inf:
-            raise ValueError(f"max_seconds must be a positive number of seconds, got {seconds!r}.")
+            raise ValueError(f"{_setting('max_seconds')} must be a positive number of seconds, got {seconds!r}.")
 
     def describe(self) -> str:
         at_once = "one certification" if self.concurrency == 1 else f"{self.concurrency} certifications"
@@ -103,12 +104,10 @@ class ServerSettings:
                     limit_values[name] = _number(ENV[name], environ[ENV[name]])
             limits = Limits(**{k: v for k, v in limit_values.items() if v is not None})
         offered = {"classifier": {}, "denoiser": {}}
-        unavailable = {}
-        for name, kind, source in _shipped() + _released():
-            if source is not None:
-                offered[kind][name] = source
-            else:
-                unavailable[name] = _howto(name)
+        listed = available_models()
+        for entry in listed.loadable:
+            offered[entry.kind][entry.name] = _loadable_source(entry.name)
+        unavailable = {entry.name: entry.hint for entry in listed.elsewhere}
         for kind, names in (("classifier", models), ("denoiser", denoisers)):
             for name in names:
                 source, why = _operator_choice(name)
@@ -134,37 +133,12 @@ class ServerSettings:
 
 
 # ------------------------------------------------------------------------------------------------------------ sources
-def _shipped():
-    """(name, kind, packaged folder) of each checkpoint shipped in the package."""
-    import json
+def _loadable_source(name: str) -> str:
+    """What g loads for a loadable short name: the packaged folder of a shipped one, else the name (cached)."""
+    from ..hub.names import packaged_path
 
-    from ..hub.names import PACKAGED_CHECKPOINTS
-
-    found = []
-    for folder in sorted(PACKAGED_CHECKPOINTS.iterdir()):
-        if (folder / "config.json").is_file():
-            architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
-            kind = "denoiser" if "DMAEForPreTraining" in architectures else "classifier"
-            found.append((folder.name, kind, str(folder)))
-    found.sort(key=lambda item: item[0] != defaults.EMBEDDED_MODEL)
-    return found
-
-
-def _released():
-    """(name, kind, source or None) of each released short name not shipped: the name when the local Hub cache
-    holds it, else None (it needs a download, or is not published yet)."""
-    from ..hub.names import SHORT_NAMES, packaged_path, repo_id
-
-    return [(m.name, "classifier" if m.kind == "classifier" else "denoiser",
-             m.name if _cached(repo_id(m.name)) else None)
-            for m in SHORT_NAMES.values() if packaged_path(m.name) is None]
-
-
-def _howto(name: str) -> str:
-    from ..hub.names import howto, repo_id
-
-    return (f"not in this server's Hub cache ({repo_id(name)} needs a download, or is not published yet). "
-            + howto(name))
+    path = packaged_path(name)
+    return name if path is None else str(path)
 
 
 def _operator_choice(name: str):
@@ -173,14 +147,14 @@ def _operator_choice(name: str):
 
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"A model or denoiser to offer must be a short name, Hub id or folder, got {name!r}.")
+    if packaged_path(name) is not None:  # shipped (offered anyway)
+        return str(packaged_path(name)), None
     if os.path.isdir(name):
         return str(Path(name).resolve()), None
     if looks_like_short_name(name):
         if name not in SHORT_NAMES:
             raise ValueError(f"{name!r} is not a folder here nor a known short name "
                              f"({', '.join(SHORT_NAMES)}).")
-        if packaged_path(name) is not None:
-            return str(packaged_path(name)), None
         target = repo_id(name)
     elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
         target = name
@@ -217,13 +191,14 @@ def _download(repo: str) -> bool:
 
 
 def _hub_unreachable():
-    try:
-        from ..hub.reach import hub_unreachable_reason
-    except ImportError:  # until helper hub's reach module is merged: offline mode only
-        from huggingface_hub import constants
+    from ..hub.reach import hub_unreachable_reason
 
-        return "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else None
     return hub_unreachable_reason()
+
+
+def _setting(name: str) -> str:
+    """A limit's name as the operator sets it: `max_seconds (--max-seconds, $DMAE_SERVE_MAX_SECONDS)`."""
+    return f"{name} (--{name.replace('_', '-')}, ${ENV[name]})" if name in ENV else name
 
 
 def _split(value) -> list[str]:
