@@ -1,5 +1,6 @@
 """One certifier: every route (g itself, `model.certify`, the pipeline, ...) builds the smoothed classifier g and
-calls it, so the same image with the same seed and options gets the same certificate on each, and a bad sigma gets
+calls it, so the same image with the same seed and options gets the same certificate on each (`dmae certify` at
+the seed it gives the image, `image_seed(seed, idx)`), and a bad sigma gets
 the same error text on each.
 
 A route is one entry of `ROUTES`: a function `(setup, image path, options) -> certificate fields` for a `Setup` (the
@@ -7,6 +8,8 @@ classifier, its denoiser, sigma, override_sigma); it raises what the route raise
 classifiers only says so (`dmae_only`)."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,6 +19,7 @@ from transformers import AutoImageProcessor, pipeline
 
 import dmae_hf
 from dmae_hf import DMAEForSmoothedClassification, SmoothedClassifier
+from dmae_hf.certification.dataset import image_seed
 from dmae_hf.defaults import EMBEDDED_MODEL
 
 IMAGE = Path(dmae_hf.__file__).parent / "assets" / "cifar10" / "test_00003_cat.png"
@@ -67,6 +71,33 @@ def through_the_web_page(setup, image, options):
                            override_sigma=setup.override_sigma, n0=options["n0"], n=options["n"],
                            alpha=options["alpha"], seed=options["seed"], method=method, **given)
     return {"prediction": result.class_id, **{name: getattr(result, name) for name in FIELDS[1:]}}
+
+
+def through_the_cli(setup, image, options):
+    """`dmae certify IMAGE ... --out LOG`, read back from its log (6 decimals, rounded down) and LOG.json; a refused
+    run gives ("error", "ValueError", its one line), which is the library's ValueError text. The CLI certifies image
+    idx of its inputs with the seed `image_seed(seed, idx)`, so that a dataset's images get independent noise."""
+    import json
+    import tempfile
+
+    out = Path(tempfile.mkdtemp()) / "log.tsv"
+    flags = {"--n0": options["n0"], "--n": options["n"], "--alpha": options["alpha"], "--seed": options["seed"],
+             "--batch": options["batch_size"], "--method": options.get("method", "cohen"),
+             "--first-look": options.get("first_look"), "--sigma": setup.sigma, "--denoiser": setup.denoiser}
+    command = [sys.executable, "-m", "dmae_hf", "certify", str(image), "--model", setup.model, "--out", str(out),
+               "--no-progress", *(["--override-sigma"] if setup.override_sigma else [])]
+    command += [str(v) for flag, value in flags.items() if value is not None for v in (flag, value)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    if run.returncode:
+        line = run.stderr.strip().splitlines()[-1]
+        match = re.fullmatch(r"dmae certify: error: (.*?)( \(--debug shows the traceback\))?", line)
+        assert match, run.stderr
+        assert not out.parent.joinpath("log.tsv").exists()  # a refused run writes nothing
+        return ("error", "ValueError", match.group(1))
+    row = out.read_text().splitlines()[1].split("\t")
+    settings = json.loads(Path(f"{out}.json").read_text())
+    return {"prediction": None if row[2] == "-1" else int(row[2]), "radius": float(row[3]),
+            "pA_lower": float(row[6]), **{name: settings[name] for name in ("sigma", "n0", "n", "alpha")}}
 
 
 class Route(NamedTuple):
@@ -127,7 +158,7 @@ def test_any_classifier_behind_the_denoiser_gets_the_same_certificate_on_every_r
     (0.0, r"sigma must be a number in \(0, 1\]"),
 ])
 def test_a_bad_sigma_gets_the_same_error_on_every_route(sigma, message):
-    kind, error_type, text = the_same(outcomes(Setup(sigma=sigma)))
+    kind, error_type, text = the_same(outcomes(Setup(sigma=sigma), routes=[*ROUTES, CLI]))
     assert (kind, error_type) == ("error", "ValueError")
     assert re.search(message, text), text
 
@@ -139,6 +170,25 @@ def test_override_sigma_certifies_at_another_sigma_and_records_it():
     assert certificate["sigma"] == 0.5 and certificate["sigma_override"] is True
     own = the_same(outcomes(Setup(sigma=0.25, override_sigma=True)))  # the trained sigma: nothing overridden
     assert own["sigma_override"] is False
+
+
+CLI = Route("dmae certify", through_the_cli)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("method", list(OPTIONS))
+@pytest.mark.parametrize("setup", [Setup(), Setup("vit-tiny-cifar10-clean", "dmae-tiny-cifar10-denoiser")])
+def test_the_cli_gives_gs_certificate_at_its_image_seed(method, setup):
+    """`dmae certify` on one image: g's certificate at the seed the CLI gives image 0, as its log writes it."""
+    options = OPTIONS[method]
+    logged = through_the_cli(setup, IMAGE, options)
+    assert not isinstance(logged, tuple), logged
+    direct = through_g(setup, IMAGE, {**options, "seed": image_seed(options["seed"], 0)})
+    assert logged["prediction"] == direct["prediction"] and direct["prediction"] is not None
+    for name in ("radius", "pA_lower"):  # the log writes 6 decimals, rounded down
+        assert logged[name] == pytest.approx(direct[name], abs=1e-6) and logged[name] <= direct[name], name
+    assert {name: logged[name] for name in ("sigma", "n0", "n", "alpha")} == {
+        name: direct[name] for name in ("sigma", "n0", "n", "alpha")}
 
 
 def test_a_route_fails_the_comparison_when_it_differs():
