@@ -51,6 +51,29 @@ def parse_autocast_dtype(value):
     return AUTOCAST_DTYPES[value]
 
 
+def certificate_fields(g, certificate, resolution, shrink) -> dict:
+    """What the pipeline (and `dmae predict --json`) returns for one certificate of g: the class and its label, the
+    radius and the bound, the settings, the shrink factor with its note (> `MAX_SHRINK`) and the caveat."""
+    class_id = certificate.prediction
+    return {
+        "label": None if class_id is None else g.id2label.get(class_id, str(class_id)),
+        "class_id": class_id,
+        "radius": certificate.radius,
+        "pA_lower": certificate.pA_lower,
+        "abstained": certificate.abstained,
+        "n0": certificate.n0,
+        "n": certificate.n,
+        "alpha": certificate.alpha,
+        "resolution": resolution,
+        "shrink": shrink,
+        "note": g.shrink_note(shrink),
+        "sigma": certificate.sigma,
+        "sigma_override": certificate.sigma_override,
+        "denoiser": g.denoiser_name,
+        "caveat": CERTIFICATE_CAVEAT,
+    }
+
+
 class RandomizedSmoothingPipeline(Pipeline):
     """Certified image classification with randomized smoothing (Cohen et al., 2019).
 
@@ -211,24 +234,8 @@ class RandomizedSmoothingPipeline(Pipeline):
             return {"error": model_outputs["error"], "label": None, "class_id": None, "radius": 0.0, "pA_lower": 0.0,
                     "abstained": True, "n0": model_outputs["n0"], "n": model_outputs["n"],
                     "alpha": model_outputs["alpha"], "resolution": None, "shrink": None, "note": None, **common}
-        certificate = model_outputs["certificate"]
-        class_id = certificate.prediction
-        return {
-            "label": None if class_id is None else g.id2label.get(class_id, str(class_id)),
-            "class_id": class_id,
-            "radius": certificate.radius,
-            "pA_lower": certificate.pA_lower,
-            "abstained": certificate.abstained,
-            "n0": certificate.n0,
-            "n": certificate.n,
-            "alpha": certificate.alpha,
-            "resolution": model_outputs["resolution"],
-            "shrink": model_outputs["shrink"],
-            "note": g.shrink_note(model_outputs["shrink"]),
-            **common,
-            "sigma": certificate.sigma,
-            "sigma_override": certificate.sigma_override,
-        }
+        return certificate_fields(g, model_outputs["certificate"], model_outputs["resolution"],
+                                  model_outputs["shrink"])
 
 
-__all__ = ["RandomizedSmoothingPipeline", "parse_autocast_dtype"]
+__all__ = ["RandomizedSmoothingPipeline", "certificate_fields", "parse_autocast_dtype"]
