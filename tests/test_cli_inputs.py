@@ -232,8 +232,8 @@ def test_predict_reports_a_bad_input_and_prints_the_others(tmp_path, capsys):
     results = json.loads(captured.out)
     assert [r["image"] for r in results] == [os.path.join(str(tmp_path / "photos"), "cat", bundled(3).name)] + [
         f"bundled:imagenet/{item}" for item in sorted(p.name for p in (ASSETS / "imagenet").glob("*.jpg"))]
-    assert results[0]["true_label"] == "cat" and "shrink_note" not in results[0]
-    assert all("shrunk" in r["shrink_note"] and "true_label" not in r for r in results[1:])
+    assert results[0]["true_label"] == "cat" and results[0]["note"] is None and results[0]["shrink"] == 1.0
+    assert all("shrunk 8.0x" in r["note"] and "true_label" not in r for r in results[1:])
     errors = [line for line in captured.err.splitlines() if line.startswith("dmae predict: error: ")]
     assert len(errors) == 3 and "No such file or folder" in errors[0] and "No images in folder" in errors[1]
     assert f"{bomb}: " in errors[2] and "too large to decode" in errors[2]

@@ -44,20 +44,20 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
-def result(g, certificate, preprocessed, label, note) -> dict:
-    """The printed fields of one certificate: the pipeline's, plus `true_label` for labelled inputs, `shrink_note`
-    for a shrunk image and `sigma_override` when it was used."""
+def result(g, certificate, preprocessed, label) -> dict:
+    """The printed fields of one certificate: the pipeline's (`RandomizedSmoothingPipeline.postprocess`: label,
+    radius, shrink and its note, sigma_override, the caveat, ...), plus `true_label` for labelled inputs."""
+    from ..defaults import CERTIFICATE_CAVEAT
+
     class_id = certificate.prediction
     fields = {"label": None if class_id is None else g.id2label.get(class_id, str(class_id)), "class_id": class_id,
               "radius": certificate.radius, "pA_lower": certificate.pA_lower, "abstained": certificate.abstained,
-              "sigma": certificate.sigma, "n0": certificate.n0, "n": certificate.n, "alpha": certificate.alpha,
-              "resolution": list(preprocessed.pixel_values.shape[-2:]), "denoiser": g.denoiser_name}
+              "n0": certificate.n0, "n": certificate.n, "alpha": certificate.alpha,
+              "resolution": list(preprocessed.pixel_values.shape[-2:]), "shrink": preprocessed.shrink,
+              "note": g.shrink_note(preprocessed.shrink), "sigma": certificate.sigma,
+              "sigma_override": certificate.sigma_override, "denoiser": g.denoiser_name, "caveat": CERTIFICATE_CAVEAT}
     if label is not None:
         fields["true_label"] = g.id2label.get(int(label), str(label))
-    if note:
-        fields["shrink_note"] = note
-    if certificate.sigma_override:
-        fields["sigma_override"] = True
     return fields
 
 
@@ -109,8 +109,7 @@ def run(args) -> int:
                 continue
             certificate = g.certify(preprocessed.pixel_values, n0=args.n0, n=args.n, alpha=args.alpha,
                                     batch_size=args.batch, seed=args.seed)
-            note = g.shrink_note(preprocessed.shrink)
-            r = {"image": name, **result(g, certificate, preprocessed, label, note)}
+            r = {"image": name, **result(g, certificate, preprocessed, label)}
             results.append(r)
             if not args.json:
                 verdict = "abstain" if r["abstained"] else f"{r['label']} (class {r['class_id']})"
@@ -118,7 +117,7 @@ def run(args) -> int:
                 print(f"{name}: {verdict}  radius={r['radius']:.3f}  pA_lower={r['pA_lower']:.4f}  "
                       f"sigma={r['sigma']}  n={r['n']}  alpha={r['alpha']}  at {r['resolution'][0]}x"
                       f"{r['resolution'][1]}{truth}")
-                notes.image(name, note)
+                notes.image(name, r["note"])
         examples.close()
     notes.close()
     if args.json:
