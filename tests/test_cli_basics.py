@@ -79,7 +79,7 @@ def test_an_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
     assert main(["convert", str(bad), str(tmp_path / "out")]) == 2  # any exception: one line, never a traceback
     err = capsys.readouterr().err
     assert err.startswith("dmae convert: error: ") and err.count("\n") == 1 and "Traceback" not in err
-    with pytest.raises(CheckpointError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="is not a DMAE/MAE checkpoint"):
         main(["--debug", "convert", str(bad), str(tmp_path / "out")])
 
 
@@ -93,10 +93,12 @@ def test_certification_methods_come_from_one_table():
 
     _, commands = subcommands()
     method = next(a for a in commands["certify"]._actions if a.dest == "method")
-    assert list(method.choices) == list(defaults.METHODS) == ["cohen", "adaptive"]
+    assert list(method.choices) == list(defaults.METHODS) == ["cohen", "adaptive", "sequential"]
     assert {option for options in defaults.METHODS.values() for option in options} <= set(CERTIFY_PARAMETERS)
+    dests = {a.dest for a in commands["certify"]._actions}
+    assert {option for options in defaults.METHODS.values() for option in options} <= dests  # each has its flag
     for name, options in defaults.METHODS.items():  # the core accepts exactly the table's options per method
-        flags = {o for o in ("first_look", "target_radius") if o not in options}
+        flags = {o for o in ("first_look", "target_radius", "estimate_tolerance") if o not in options}
         if flags:
             import torch
 

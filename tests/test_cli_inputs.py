@@ -16,6 +16,7 @@ import time
 import pytest
 from conftest import REPO_ROOT
 from test_cli import without_time
+from test_pipeline_inputs import png_header
 
 from dmae_hf import defaults
 from dmae_hf.certification.inputs import ImageFiles, label_ids, resolve_inputs
@@ -224,16 +225,18 @@ def test_bundled_images_a_folder_and_a_hub_layout_copy_certify_alike(data_dir, c
 def test_predict_reports_a_bad_input_and_prints_the_others(tmp_path, capsys):
     copy(3, tmp_path / "photos" / "cat")
     (tmp_path / "empty").mkdir()
+    bomb = png_header(tmp_path / "bomb.png", 20000, 20000)  # refused from its header, never decoded
     assert main(["predict", str(tmp_path / "photos"), str(tmp_path / "missing.png"), str(tmp_path / "empty"),
-                 "bundled:imagenet", "--n0", "10", "--n", "20", "--json"]) == 1
+                 str(bomb), "bundled:imagenet", "--n0", "10", "--n", "20", "--json"]) == 1
     captured = capsys.readouterr()
     results = json.loads(captured.out)
     assert [r["image"] for r in results] == [os.path.join(str(tmp_path / "photos"), "cat", bundled(3).name)] + [
         f"bundled:imagenet/{item}" for item in sorted(p.name for p in (ASSETS / "imagenet").glob("*.jpg"))]
-    assert results[0]["true_label"] == "cat" and results[0]["note"] is None
-    assert all("shrunk" in r["note"] and "true_label" not in r for r in results[1:])
+    assert results[0]["true_label"] == "cat" and results[0]["note"] is None and results[0]["shrink"] == 1.0
+    assert all("shrunk 8.0x" in r["note"] and "true_label" not in r for r in results[1:])
     errors = [line for line in captured.err.splitlines() if line.startswith("dmae predict: error: ")]
-    assert len(errors) == 2 and "No such file or folder" in errors[0] and "No images in folder" in errors[1]
+    assert len(errors) == 3 and "No such file or folder" in errors[0] and "No images in folder" in errors[1]
+    assert f"{bomb}: " in errors[2] and "too large to decode" in errors[2]
     assert captured.err.count(defaults.CERTIFICATE_CAVEAT) == 1
 
 

@@ -4,7 +4,6 @@ so that building the parser stays fast."""
 import argparse
 
 from .. import defaults
-from ..defaults import EMBEDDED_MODEL  # the one constant (dmae_hf.defaults); the commands' default model
 
 INPUT_HELP = ("images to certify: image files, globs ('photos/*.jpg'), folders (class subfolders = labels, "
               "matched to the model's classes; else unlabelled), bundled:cifar10 or bundled:imagenet (shipped, "
@@ -43,7 +42,7 @@ def add_smoothing_arguments(parser):
 
 def add_sampling_arguments(parser, n=defaults.N):
     """The model and CERTIFY options shared by `dmae predict` and `dmae demo` (defaults from `dmae_hf.defaults`)."""
-    parser.add_argument("--model", default=EMBEDDED_MODEL, help="model directory, Hub id or short name")
+    parser.add_argument("--model", default=defaults.EMBEDDED_MODEL, help="model directory, Hub id or short name")
     parser.add_argument("--n0", type=int, default=defaults.N0, help="selection samples per image")
     parser.add_argument("--n", type=int, default=n, help="estimation samples per image")
     parser.add_argument("--alpha", type=float, default=defaults.ALPHA, help="failure probability of each certificate")
