@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,17 +30,11 @@ from dmae_hf.modeling_dmae import DMAEForSmoothedClassification
 from dmae_hf.smoothing import add_gaussian_noise
 
 
-def data_dir() -> Path:
-    candidate = os.environ.get("DMAE_DATA_DIR")
-    if candidate and (Path(candidate) / "cifar10").is_dir():
-        return Path(candidate)
-    raise SystemExit("CIFAR-10 not found: set DMAE_DATA_DIR to the folder holding cifar10/ (the Hub layout).")
-
-
-def load_cifar10(split: str, count: int):
+def load_cifar10(dataset: str, split: str, count: int):
+    """The first `count` rows of CIFAR-10's `split`: a Hub id, or a local copy in the Hub layout the user gives."""
     import datasets
 
-    rows = datasets.load_dataset(str(data_dir() / "cifar10"), split=split, streaming=True).take(count)
+    rows = datasets.load_dataset(dataset, split=split, streaming=True).take(count)
     rows = list(rows)
     pixels = DMAEImageProcessor.for_cifar10()([r["img"] for r in rows], return_tensors="pt").pixel_values
     return pixels, torch.tensor([r["label"] for r in rows])
@@ -123,9 +115,9 @@ class Reference:
         return (None, 0.0) if pA_lower < 0.5 else (cA, self.sigma * norm.ppf(pA_lower))
 
 
-def quick_train(model, steps, sigma, batch_size, device):
+def quick_train(model, dataset, steps, sigma, batch_size, device):
     """A few hundred steps of Gaussian-noise training, only so that pA varies across images (not a real model)."""
-    x, y = load_cifar10("train", steps * batch_size // 4)
+    x, y = load_cifar10(dataset, "train", steps * batch_size // 4)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     for _ in range(steps):
@@ -143,6 +135,8 @@ def quick_train(model, steps, sigma, batch_size, device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="uoft-cs/cifar10",
+                        help="CIFAR-10: a Hub id or a local copy in the Hub layout (default: %(default)s)")
     parser.add_argument("--preset", default="tiny", choices=list(PRESETS))
     parser.add_argument("--model", default=None,
                         help="a trained classifier (directory or short name, e.g. dmae-tiny-cifar10) instead of a "
@@ -173,10 +167,10 @@ def main(argv=None):
     else:
         model = DMAEForSmoothedClassification(DMAEConfig.from_preset(args.preset, num_labels=10)).to(device)
     if args.train_steps:
-        loss = quick_train(model, args.train_steps, args.sigma, 128, device)
+        loss = quick_train(model, args.dataset, args.train_steps, args.sigma, 128, device)
         print(f"quick noisy training: {args.train_steps} steps, last loss {loss:.3f}")
     model.eval()
-    x, y = load_cifar10("test", args.images)
+    x, y = load_cifar10(args.dataset, "test", args.images)
     x = x.to(device)
     base = model.base_classifier
     if args.compile:
