@@ -184,6 +184,24 @@ class Sampler:
         self._check_finite(*host[cells:])
         return torch.tensor(host[:cells], dtype=torch.long).view(self.x.shape[0], self.num_classes)
 
+    def run_looks(self, streams, guesses, looks, settle) -> list:
+        """Draw the estimation samples of all images look by look until each settles: at look N_k (cumulative), the
+        images still active share forward passes (one host sync per look), and `settle(nA, N_k)` returns the lower
+        bound on pA to stop with, or None to go on. Returns (counts, samples drawn, pA_lower) per image."""
+        counts, results, drawn = [None] * len(streams), [None] * len(streams), 0
+        for look in looks:
+            active = [i for i, r in enumerate(results) if r is None]
+            if not active:
+                break
+            votes = self.count([(i, streams[i], look - drawn) for i in active])
+            drawn = look
+            for i in active:
+                counts[i] = votes[i] if counts[i] is None else counts[i] + votes[i]
+                lower = settle(int(counts[i][guesses[i]]), look)
+                if lower is not None:
+                    results[i] = (counts[i].tolist(), look, lower)
+        return results
+
     def _reset_nonfinite(self):
         # running [total, batches with some, number, size and count of the first such batch] of this process's
         # non-finite logits, kept on the device: O(1) memory and no host sync per batch

@@ -128,16 +128,7 @@ def _radius(pA_lower: float, sigma: float) -> float:
 def estimate(sampler, streams, guesses, n, alpha, sigma, looks, targets, radius_tolerance):
     """Draw the estimation samples of all images look by look (the active images share forward passes, one host
     sync per look) until each stops; return (counts, samples drawn, L_tau) per image."""
-    counts, results, drawn = [None] * len(streams), [None] * len(streams), 0
-    for look in looks:
-        active = [i for i, r in enumerate(results) if r is None]
-        if not active:
-            break
-        votes = sampler.count([(i, streams[i], look - drawn) for i in active])
-        drawn = look
-        for i in active:
-            counts[i] = votes[i] if counts[i] is None else counts[i] + votes[i]
-            s = int(counts[i][guesses[i]])
-            if stops(s, look, n, alpha, sigma, targets, radius_tolerance):
-                results[i] = (counts[i].tolist(), look, lower_bound(s, look, alpha))
-    return results
+    def settle(s, look):
+        return lower_bound(s, look, alpha) if stops(s, look, n, alpha, sigma, targets, radius_tolerance) else None
+
+    return sampler.run_looks(streams, guesses, looks, settle)

@@ -258,22 +258,13 @@ def _adaptive(sampler, streams, guesses, n, alpha, sigma, looks, targets, radius
     The price is alpha / K instead of alpha at the full budget, i.e. a slightly smaller maximal radius.
     Returns (counts, samples drawn, pA_lower) per image."""
     level = alpha / len(looks)
-    counts = [None] * len(streams)
-    results = [None] * len(streams)
-    drawn = 0
-    for look in looks:
-        active = [i for i, r in enumerate(results) if r is None]
-        if not active:
-            break
-        votes = sampler.count([(i, streams[i], look - drawn) for i in active])
-        drawn = look
-        for i in active:
-            c = votes[i] if counts[i] is None else counts[i] + votes[i]
-            counts[i] = c
-            nA = int(c[guesses[i]])
-            if _stops(nA, look, n, level, sigma, targets, radius_tolerance, estimate_tolerance):
-                results[i] = (c.tolist(), look, clopper_pearson_lower(nA, look, level))
-    return results
+
+    def settle(nA, look):
+        if _stops(nA, look, n, level, sigma, targets, radius_tolerance, estimate_tolerance):
+            return clopper_pearson_lower(nA, look, level)
+        return None
+
+    return sampler.run_looks(streams, guesses, looks, settle)
 
 
 def _certifies(lower: float, sigma: float, radius: float) -> bool:
