@@ -253,7 +253,7 @@ def unavailable_message(name: str, target: str, cause: str, error: BaseException
     else:
         root = _chain(error)[-1]
         why = (f"the Hub at {constants.ENDPOINT} could not be reached (network error: {type(root).__name__}: "
-               f"{str(root)[:120]})")
+               f"{' '.join(str(root).split())[:120]})")  # one line, whatever the library's text
         fix = "check the connection or HF_ENDPOINT"
     return (f"Cannot load DMAE short name {name!r}: it resolves to the Hub repository {target!r} ({where}), which is "
             f"{state}, and {why}; {fix}. {howto(name)}")
