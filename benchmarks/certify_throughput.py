@@ -134,9 +134,10 @@ def quick_train(model, dataset, steps, sigma, batch_size, device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dataset", default="uoft-cs/cifar10",
-                        help="CIFAR-10: a Hub id or a local copy in the Hub layout (default: %(default)s)")
+                        help="CIFAR-10: a Hub id or a local copy in the Hub layout")
     parser.add_argument("--preset", default="tiny", choices=list(PRESETS))
     parser.add_argument("--model", default=None,
                         help="a trained classifier (directory or short name, e.g. dmae-tiny-cifar10) instead of a "

@@ -225,7 +225,8 @@ def plot(panels, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("command", choices=["real", "report"])
     parser.add_argument("--dataset", default="uoft-cs/cifar10", help="Hub id or local copy in the Hub layout")
     parser.add_argument("--split", default="test")
