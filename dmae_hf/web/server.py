@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import defaults
-from ..hub.available import available_models
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +94,8 @@ class ServerSettings:
         each list defaults to the Space's setting in `environ` (default `os.environ`), and so does each limit not
         given in `limit_values` (max_samples, max_seconds, concurrency, max_queue). The first of `models` is the one
         selected when the page opens (default: the embedded model)."""
+        from ..hub.available import available_models  # here, so that `dmae serve --help` imports no torch
+
         environ = os.environ if environ is None else environ
         models = list(models) or _split(environ.get(ENV["models"]))
         denoisers = list(denoisers) or _split(environ.get(ENV["denoisers"]))
