@@ -103,8 +103,9 @@ class RandomizedSmoothingPipeline(Pipeline):
         n0 (`int`, 100): selection samples. n (`int`, 10000): estimation samples. alpha (`float`, 0.001): failure
         probability (defaults: `dmae_hf.defaults`). batch_size (`int`, 1000): noisy samples per forward pass; unlike
         other pipelines it is the Monte Carlo batch, images are certified one after the other. seed (`int`, 0): noise
-        seed, so results are reproducible. method (`"cohen"` or `"adaptive"`), with `first_look`, `target_radius`,
-        `radius_tolerance`, `estimate_tolerance` for "adaptive" (see `dmae_hf.smoothing.certify`). autocast_dtype
+        seed, so results are reproducible. method (`"cohen"`, `"sequential"` or `"adaptive"`), with the options
+        `defaults.METHODS` lists for it: `first_look`, `target_radius`, `radius_tolerance`, and `reach`
+        ("sequential") or `estimate_tolerance` ("adaptive") (see `dmae_hf.smoothing.certify`). autocast_dtype
         (`None`, "bf16", "fp16"): run the base classifier under `torch.autocast`. progress (`bool`, default: a tqdm
         bar when n0 + n >= 10,000). resize (`bool`, True): False refuses images that the processor does not bring to
         the model's input size instead of resizing them. max_pixels (`int`, `RandomizedSmoothingPipeline.max_pixels`

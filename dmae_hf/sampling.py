@@ -184,22 +184,22 @@ class Sampler:
         self._check_finite(*host[cells:])
         return torch.tensor(host[:cells], dtype=torch.long).view(self.x.shape[0], self.num_classes)
 
-    def run_looks(self, streams, guesses, looks, settle) -> list:
-        """Draw the estimation samples of all images look by look until each settles: at look N_k (cumulative), the
-        images still active share forward passes (one host sync per look), and `settle(nA, N_k)` returns the lower
-        bound on pA to stop with, or None to go on. Returns (counts, samples drawn, pA_lower) per image."""
-        counts, results, drawn = [None] * len(streams), [None] * len(streams), 0
-        for look in looks:
-            active = [i for i, r in enumerate(results) if r is None]
-            if not active:
-                break
-            votes = self.count([(i, streams[i], look - drawn) for i in active])
-            drawn = look
+    def run_looks(self, streams, guesses, first_look, decide) -> list:
+        """Draw the estimation samples of all images look by look until each stops. Every image has its own looks:
+        in each round the images still going draw up to their next look together (shared forward passes, one host
+        sync per round), and `decide(nA, t)`, after t samples with nA votes for the image's guess, returns
+        (pA_lower, None) to stop or (None, the next look). An image's looks depend on its own votes only, so its
+        certificate is the same alone and in a batch. Returns (counts, samples drawn, pA_lower) per image."""
+        counts, results = [None] * len(streams), [None] * len(streams)
+        drawn, looks = [0] * len(streams), [first_look] * len(streams)
+        while active := [i for i, r in enumerate(results) if r is None]:
+            votes = self.count([(i, streams[i], looks[i] - drawn[i]) for i in active])
             for i in active:
                 counts[i] = votes[i] if counts[i] is None else counts[i] + votes[i]
-                lower = settle(int(counts[i][guesses[i]]), look)
-                if lower is not None:
-                    results[i] = (counts[i].tolist(), look, lower)
+                drawn[i] = looks[i]
+                lower, looks[i] = decide(int(counts[i][guesses[i]]), drawn[i])
+                if looks[i] is None:
+                    results[i] = (counts[i].tolist(), drawn[i], lower)
         return results
 
     def _reset_nonfinite(self):

@@ -33,12 +33,19 @@ growing as (1 - q)^{-15/16} towards 1, where the price is log(1 / alpha) + b log
 certify pA >= Phi(3) (r = 3 sigma) at alpha = 0.001, against 5,114 for Clopper-Pearson at a fixed n and 8,904 for
 the Jeffreys prior.
 
-The stopping rule (it never affects validity). Looks at t = first_look, then every max(first_look, t / 20) more
-samples (at most 5% overshoot), and at n. With `target_radius` (the radii the user cares about, e.g. a table's
-grid): stop once L_t certifies the largest, or once the smallest one it does not certify is out of reach, i.e. even
-if pA were at its upper bound U_t (Clopper-Pearson at level `REACH_LEVEL`, a heuristic), the bound at n,
-L_n(S_t + U_t (n - t)), would not certify it. Without targets: stop once that projection would raise the radius by
-<= `radius_tolerance`. Both stop at once when even radius 0 (pA > 1/2) is out of reach.
+The stopping rule (it never affects validity). Each image has its own looks: the next one after t samples comes
+after max(first_look, t / 20) more (at most 5% overshoot), or earlier, at the first t' at which the next target
+could be certified if every new vote went to cA (so a certificate is not delayed to the next scheduled look), and
+never after n. With `target_radius` (the radii the user cares about, e.g. a table's grid): stop once L_t certifies
+the largest, or once the smallest one it does not certify is out of reach: even if pA were at its upper bound U_t
+(Clopper-Pearson at level `REACH_LEVEL`), S_t + U_t (h - t) votes out of h samples would not certify it. The
+horizon h = min(n, max(reach n, 2 m)), where m is the fewest samples that certify the largest target at all (all
+votes for cA: 5,537 for r = 3 sigma at alpha = 0.001), so h never stops an image that could certify the whole grid
+cheaply. `reach` < 1 stops chasing targets that only the last samples of the budget could settle: near a threshold
+the confidence sequence needs about 3x the samples of a fixed-n bound for the same margin, so such chases are dear
+and mostly end uncertified (`benchmarks/sequential` measured the trade-off on CIFAR-10 and chose `REACH` on images
+it does not report; reach = 1 chases every target within n). Without targets: stop once that projection to h = n
+would raise the radius by <= `radius_tolerance`. Both stop at once when even radius 0 (pA > 1/2) is out of reach.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import numbers
 from scipy.special import betaln
 from scipy.stats import beta, norm
 
+from .defaults import REACH
 from .sampling import check_int
 
 PRIOR = (1.0, 1 / 16)  # Beta(a, b) mixing distribution of the confidence sequence (see above)
@@ -84,8 +92,14 @@ def lower_bound(s: float, t: float, alpha: float, prior=PRIOR) -> float:
     return lo
 
 
+def excludes(p: float, s: float, t: float, alpha: float) -> bool:
+    """Whether p lies left of the confidence sequence after s votes for cA out of t, i.e. L_t >= p (up to rounding;
+    used to plan, never to certify)."""
+    return t > 0 and s / t > p and log_mixture(p, s, t - s) >= math.log(1 / alpha)
+
+
 def look_schedule(n: int, first_look: int) -> list[int]:
-    """Estimation samples drawn at each look: first_look, then every max(first_look, t / 20) more, and n."""
+    """The scheduled looks (cumulative samples): first_look, then every max(first_look, t / 20) more, and n."""
     looks, t = [], min(first_look, n)
     while t < n:
         looks.append(t)
@@ -93,7 +107,7 @@ def look_schedule(n: int, first_look: int) -> list[int]:
     return looks + [n]
 
 
-def options(n, sigma, first_look=100, target_radius=None, radius_tolerance=0.01) -> dict:
+def options(n, sigma, first_look=100, target_radius=None, radius_tolerance=0.01, reach=REACH) -> dict:
     """Check `certify`'s options for method="sequential"; return the keyword arguments of `estimate`."""
     check_int("first_look", first_look)
     targets = None if target_radius is None else (
@@ -104,31 +118,63 @@ def options(n, sigma, first_look=100, target_radius=None, radius_tolerance=0.01)
                              f"{value!r}.")
     if targets == []:
         raise ValueError("target_radius must not be an empty list.")
-    return dict(looks=look_schedule(n, first_look), targets=None if targets is None else sorted(set(targets)),
-                radius_tolerance=float(radius_tolerance))
+    if isinstance(reach, bool) or not isinstance(reach, numbers.Real) or not 0 < reach <= 1:
+        raise ValueError(f"reach must be a number in (0, 1] (the share of n within which a target must be reachable),"
+                         f" got {reach!r}.")
+    return dict(first_look=first_look, targets=None if targets is None else sorted(set(targets)),
+                radius_tolerance=float(radius_tolerance), reach=float(reach))
 
 
-def stops(s: int, t: int, n: int, alpha: float, sigma: float, targets, radius_tolerance) -> bool:
-    """The stopping rule at a look of t samples, s for cA (see the module docstring). Only decides when to stop."""
-    if t >= n:
-        return True
-    lower = lower_bound(s, t, alpha)
-    upper = 1.0 if s == t else float(beta.isf(REACH_LEVEL, s + 1, t - s))  # Clopper-Pearson upper bound
-    best = lower_bound(s + upper * (n - t), n, alpha)  # the bound at n if pA were `upper`
-    if targets is None:
-        return best < 0.5 or _radius(best, sigma) - _radius(lower, sigma) <= radius_tolerance
-    missing = [r for r in targets if lower < norm.cdf(r / sigma)]  # target radii L_t does not certify yet
-    return not missing or best < norm.cdf(missing[0] / sigma)
+class Rule:
+    """The stopping rule and the looks of one `certify` call (see the module docstring): `decide(s, t)` after a look
+    of t samples, s of them for cA, returns (L_t, None) to stop or (None, the next look)."""
+
+    def __init__(self, n, alpha, sigma, first_look=100, targets=None, radius_tolerance=0.01, reach=REACH):
+        self.n, self.alpha, self.sigma, self.first_look = n, alpha, sigma, first_look
+        self.radius_tolerance = radius_tolerance
+        self.targets = None if targets is None else [float(norm.cdf(r / sigma)) for r in targets]  # pA thresholds
+        # the horizon within which a target must be reachable: min(n, max(reach n, 2 m)), m = the fewest samples
+        # (all votes for cA) that certify the largest target
+        self.horizon = n if targets is None else min(n, max(math.ceil(reach * n),
+                                                             2 * (self.earliest(0, 0, self.targets[-1], 2**53) or n)))
+
+    def earliest(self, s: int, t: int, p: float, last: int) -> int | None:
+        """The first t' in (t, last] at which L_t' >= p if every vote after t went to cA, or None."""
+        if not excludes(p, s + last - t, last, self.alpha):
+            return None
+        lo, hi = t, last  # log M(p) grows with each vote for cA once s / t > p: bisect on the first that excludes
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if excludes(p, s + mid - t, mid, self.alpha) else (mid, hi)
+        return hi
+
+    def decide(self, s: int, t: int):
+        lower = lower_bound(s, t, self.alpha)
+        if t >= self.n or self.stops(s, t, lower):
+            return lower, None
+        look = min(self.n, t + max(self.first_look, math.ceil(t / 20)))
+        missing = [p for p in self.targets or [] if lower < p]
+        if missing:  # look as soon as the next target could be certified, if that is before the scheduled look
+            look = min(look, self.earliest(s, t, missing[0], look) or look)
+        return None, look
+
+    def stops(self, s: int, t: int, lower: float) -> bool:
+        upper = 1.0 if s == t else float(beta.isf(REACH_LEVEL, s + 1, t - s))  # Clopper-Pearson upper bound
+
+        h = self.horizon
+        if self.targets is None:
+            best = lower_bound(s + upper * (h - t), h, self.alpha)  # the bound at h if pA were `upper`
+            return best < 0.5 or _radius(best, self.sigma) - _radius(lower, self.sigma) <= self.radius_tolerance
+        missing = [p for p in self.targets if lower < p]  # the thresholds of the targets L_t does not certify yet
+        return not missing or h <= t or not excludes(missing[0], s + upper * (h - t), h, self.alpha)
 
 
 def _radius(pA_lower: float, sigma: float) -> float:
     return sigma * float(norm.ppf(pA_lower)) if pA_lower > 0.5 else 0.0
 
 
-def estimate(sampler, streams, guesses, n, alpha, sigma, looks, targets, radius_tolerance):
-    """Draw the estimation samples of all images look by look (the active images share forward passes, one host
-    sync per look) until each stops; return (counts, samples drawn, L_tau) per image."""
-    def settle(s, look):
-        return lower_bound(s, look, alpha) if stops(s, look, n, alpha, sigma, targets, radius_tolerance) else None
-
-    return sampler.run_looks(streams, guesses, looks, settle)
+def estimate(sampler, streams, guesses, n, alpha, sigma, first_look, targets, radius_tolerance, reach):
+    """Draw the estimation samples of all images look by look (the images still going share forward passes, one
+    host sync per round of looks) until each stops; return (counts, samples drawn, L_tau) per image."""
+    rule = Rule(n, alpha, sigma, first_look, targets, radius_tolerance, reach)
+    return sampler.run_looks(streams, guesses, min(first_look, n), rule.decide)

@@ -259,12 +259,12 @@ def _adaptive(sampler, streams, guesses, n, alpha, sigma, looks, targets, radius
     Returns (counts, samples drawn, pA_lower) per image."""
     level = alpha / len(looks)
 
-    def settle(nA, look):
+    def decide(nA, look):
         if _stops(nA, look, n, level, sigma, targets, radius_tolerance, estimate_tolerance):
-            return clopper_pearson_lower(nA, look, level)
-        return None
+            return clopper_pearson_lower(nA, look, level), None
+        return None, looks[looks.index(look) + 1]
 
-    return sampler.run_looks(streams, guesses, looks, settle)
+    return sampler.run_looks(streams, guesses, looks[0], decide)
 
 
 def _certifies(lower: float, sigma: float, radius: float) -> bool:

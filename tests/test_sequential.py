@@ -112,7 +112,8 @@ def test_target_at_the_true_radius_is_sound(pA):
 
 
 @pytest.mark.parametrize("rule", [dict(target_radius=[0.0, 0.25, 0.5, 0.75]), dict(radius_tolerance=0.05),
-                                  dict(radius_tolerance=0.0)], ids=["grid", "tolerance", "full budget"])
+                                  dict(radius_tolerance=0.0), dict(target_radius=[0.0, 0.25, 0.5, 0.75], reach=0.1)],
+                         ids=["grid", "tolerance", "full budget", "grid, short reach"])
 def test_other_stopping_rules_are_sound_near_a_threshold(rule):
     """pA = 0.84: the true radius 0.5 * PhiInv(0.84) = 0.497 lies just under the grid's 0.5."""
     f = TwoClass(0.84)
@@ -121,9 +122,13 @@ def test_other_stopping_rules_are_sound_near_a_threshold(rule):
 
 
 def test_the_api_check_catches_a_naive_sequential_bound(monkeypatch):
-    """The same check through `certify` with Clopper-Pearson at alpha as the per-look bound: caught."""
-    monkeypatch.setattr(sequential, "lower_bound",
-                        lambda s, t, alpha, prior=None: float(beta.ppf(alpha, s, t - s + 1)) if s else 0.0)
+    """The same check through `certify` with Clopper-Pearson at alpha as the per-look bound (and as the bound the
+    looks are planned with): caught."""
+    def naive(s, t, alpha, prior=None):
+        return float(beta.ppf(alpha, s, t - s + 1)) if s else 0.0
+
+    monkeypatch.setattr(sequential, "lower_bound", naive)
+    monkeypatch.setattr(sequential, "excludes", lambda p, s, t, alpha: t > 0 and naive(s, t, alpha) >= p)
     f = TwoClass(0.9)
     wrong, _ = failures(f, 300, target_radius=SIGMA * norm.ppf(0.9), **SMALL)
     assert not failure_rate_ok(wrong, 300), wrong
@@ -165,9 +170,33 @@ def test_stops_once_the_largest_target_is_certified_or_the_next_is_out_of_reach(
 
 
 def test_sequential_is_listed_and_its_options_checked():
-    assert smoothing.METHODS["sequential"] == ("first_look", "target_radius", "radius_tolerance")
+    assert smoothing.METHODS["sequential"] == ("first_look", "target_radius", "radius_tolerance", "reach")
     for bad, match in [(dict(first_look=0), "first_look"), (dict(target_radius=[]), "target_radius"),
                        (dict(target_radius=-0.1), "target_radius"), (dict(radius_tolerance=math.inf), "radius_tol"),
-                       (dict(estimate_tolerance=0.1), "takes first_look, target_radius, radius_tolerance")]:
+                       (dict(reach=0), "reach"), (dict(reach=1.5), "reach"), (dict(reach=True), "reach"),
+                       (dict(estimate_tolerance=0.1), "takes first_look, target_radius, radius_tolerance, reach")]:
         with pytest.raises(ValueError, match=match):
             certify(TwoClass(0.9), X, SIGMA, n0=10, n=100, method="sequential", **bad)
+
+
+def test_a_certificate_is_not_delayed_to_the_next_scheduled_look():
+    """Every vote for cA: the rule looks exactly when the largest target can first be certified (m samples)."""
+    rule = sequential.Rule(100_000, 0.001, SIGMA, targets=[0.5, 1.0])
+    m = rule.earliest(0, 0, norm.cdf(1.0 / SIGMA), 100_000)
+    assert m not in sequential.look_schedule(100_000, 100)  # not a scheduled look: found by the rule
+    assert sequential.lower_bound(m, m, 0.001) >= norm.cdf(1.0 / SIGMA) > sequential.lower_bound(m - 1, m - 1, 0.001)
+    sure = certify(TwoClass(1 - 1e-12), X, SIGMA, n0=100, n=100_000, method="sequential", target_radius=[0.5, 1.0])
+    assert sure.num_samples == 100 + m and sure.radius >= 1.0
+
+
+def test_reach_stops_chasing_a_target_only_the_end_of_the_budget_could_settle():
+    """pA = 0.9785 is just above the threshold of radius 2 sigma (0.97725). With reach = 1 the rule chases radius
+    2 sigma far into the budget (52,878 samples at this seed) and still ends short of it; the default reach (0.4)
+    gives up within 0.4 n (16,459 here), with the same first target certified."""
+    f = TwoClass(0.9785)
+    kwargs = dict(n0=100, n=100_000, method="sequential", target_radius=[0.5, 1.0], seed=1)
+    full = certify(f, X, SIGMA, reach=1.0, **kwargs)
+    short = certify(f, X, SIGMA, **kwargs)
+    assert short.num_samples <= 100 + 1.05 * 0.4 * 100_000 < full.num_samples and full.radius < 1.0
+    assert 0.5 <= short.radius < 1.0  # the first target is certified all the same
+    assert sequential.Rule(10_000, 0.001, 0.25, targets=[0.0, 0.75]).horizon == 10_000  # 2 m = 11,074 > 0.4 n

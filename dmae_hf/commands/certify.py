@@ -28,7 +28,7 @@ EXAMPLE = "dmae certify bundled:cifar10 --n 100 --out certify.tsv && dmae analyz
 
 
 def register(subparsers):
-    from ..defaults import ALPHA, EMBEDDED_MODEL, METHODS, N0, NOISE_BATCH, SEED, N
+    from ..defaults import ALPHA, EMBEDDED_MODEL, METHODS, N0, NOISE_BATCH, REACH, SEED, N
 
     parser = subparsers.add_parser(
         "certify", help="certify images (files, folders, bundled sets, datasets) into a resumable TSV log",
@@ -60,6 +60,10 @@ def register(subparsers):
     parser.add_argument("--radius-tolerance", type=float, default=None,
                         help="adaptive/sequential: stop once even all remaining votes would add at most this radius "
                              "(adaptive 0, sequential 0.01)")
+    parser.add_argument("--reach", type=float, default=None,
+                        help="sequential: chase a target radius only while it is reachable within reach * n samples "
+                             "(or twice the cheapest certificate of the largest target, if more); 1 = within n "
+                             f"(sequential {REACH})")
     parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="run the model under autocast")
     parser.add_argument("--compile", nargs="?", const="default", default=None,
                         choices=["default", "reduce-overhead", "max-autotune"],
@@ -93,7 +97,7 @@ def run(args) -> int:
     from ..defaults import CERTIFICATE_CAVEAT
     from ..pipeline_dmae import parse_autocast_dtype
 
-    method_kwargs = {k: v for k in ("target_radius", "first_look", "estimate_tolerance", "radius_tolerance")
+    method_kwargs = {k: v for k in ("target_radius", "first_look", "estimate_tolerance", "radius_tolerance", "reach")
                      if (v := getattr(args, k)) is not None}
     if args.target_radius is not None and len(args.target_radius) == 1:
         method_kwargs["target_radius"] = args.target_radius[0]
