@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import beta
+
+from dmae_hf.defaults import REACH
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("cohen", "sequential")
@@ -67,14 +70,15 @@ def run_real(args) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     g = g.to(device)
     ds, image_column, label_column = load_image_split(args.dataset, args.split)
-    images = [(idx, row) for idx, row in zip(range(args.images), ds, strict=False)]
+    images = [(idx, row) for idx, row in zip(range(args.first + args.images), ds, strict=False)
+              if idx >= args.first]
     for method in args.methods:
         path = log_path(args.out, args.n, method)
         path.parent.mkdir(parents=True, exist_ok=True)
         done = read_log(path)
         todo = [(idx, row) for idx, row in images if idx not in done]
         print(f"{method}, n = {args.n}: {len(done)} images logged, {len(todo)} to go -> {path}", flush=True)
-        options = {"target_radius": args.radii} if method == "sequential" else {}
+        options = {"target_radius": args.radii, "reach": args.reach} if method == "sequential" else {}
         with path.open("a") as log:
             for idx, row in todo:
                 x = g.preprocess(row[image_column]).pixel_values.to(device)
@@ -109,44 +113,86 @@ def vote_probabilities(counts, n: int) -> np.ndarray:
     return probs
 
 
-def simulate(probs, n, rng, n0, alpha, sigma, targets, first_look):
-    """One paired simulated run of both methods: (cA, (samples, pA_lower) sequential, (samples, pA_lower) Cohen)."""
-    from dmae_hf import sequential
+def simulate(probs, n, rng, n0, alpha, sigma, targets, first_look, reach, cap):
+    """One paired simulated run: (cA, {method: (samples, pA_lower)}) for the sequential method (its own `Rule`, so the
+    same looks and stops as `certify`), `adaptive` (its own look schedule and `_stops`), Cohen at n and Cohen at
+    `cap` samples (the sequential method's horizon: what a plain smaller budget would give)."""
+    from dmae_hf import sequential, smoothing
     from dmae_hf.smoothing import clopper_pearson_lower
 
     cA = int(np.argmax(rng.multinomial(n0, probs)))  # the first maximal class on ties, as `certify`
     p = float(probs[cA])
-    s = t = 0
-    for look in sequential.look_schedule(n, first_look):
-        s += int(rng.binomial(look - t, p))
-        t = look
-        if sequential.stops(s, t, n, alpha, sigma, targets, 0.0):
+    votes = []  # known points (samples, votes for cA) of one Bernoulli(pA) stream shared by all methods
+    rule = sequential.Rule(n, alpha, sigma, first_look, targets, reach=reach)
+    out, look = {}, min(first_look, n)
+    while look is not None:
+        t, s = look, _votes_at(look, votes, rng, p)
+        lower, look = rule.decide(s, t)
+    out["sequential"] = (n0 + t, lower)
+    # adaptive: its doubling looks, on the same stream
+    looks = smoothing.look_schedule(n, 1000)
+    level = alpha / len(looks)
+    for t in looks:
+        s = _votes_at(t, votes, rng, p)
+        if smoothing._stops(s, t, n, level, sigma, targets, 0.0, None):
             break
-    nA = s + int(rng.binomial(n - t, p))
-    return cA, (n0 + t, sequential.lower_bound(s, t, alpha)), (n0 + n, clopper_pearson_lower(nA, n, alpha))
+    out["adaptive"] = (n0 + t, clopper_pearson_lower(s, t, level))
+    if cap < n:
+        out[f"cohen at {cap:,}"] = (n0 + cap, clopper_pearson_lower(_votes_at(cap, votes, rng, p), cap, alpha))
+    out["cohen"] = (n0 + n, clopper_pearson_lower(_votes_at(n, votes, rng, p), n, alpha))
+    return cA, out
+
+
+def _votes_at(t, votes, rng, p):
+    """Votes for cA among the first t samples of the shared stream `votes` [(samples, votes)], sorted by samples:
+    drawn forward from the last known point, or as a hypergeometric split between the two known points around t."""
+    votes.sort()
+    before = max((v for v in votes if v[0] <= t), default=(0, 0))
+    after = min((v for v in votes if v[0] >= t), default=None)
+    if before[0] == t:
+        return before[1]
+    if after is None:
+        s = before[1] + int(rng.binomial(t - before[0], p))
+    else:  # given the votes at both ends, the votes in between are hypergeometric
+        k, m = after[1] - before[1], after[0] - before[0]
+        s = before[1] + (int(rng.hypergeometric(k, m - k, t - before[0])) if 0 < k < m else k * (t - before[0]) // m)
+    votes.append((t, s))
+    return s
 
 
 # ------------------------------------------------------------------------------------------------------- report
-def summarise(name, n, simulated, rows, radii, wall=None) -> dict:
-    """One results.json entry from {method: [(correct, radius, samples), ...]} over the same images."""
+def summarise(name, n, simulated, rows, radii, wall=None, replicates=1) -> dict:
+    """One results.json entry from {method: [(correct, radius, samples), ...]} over the same images (simulated:
+    `replicates` runs of each image, concatenated; accuracies and samples are their means, the 95% intervals the
+    Clopper-Pearson intervals of the images at the mean accuracy)."""
     from dmae_hf.certification.analysis import certified_accuracy
 
-    entry = {"protocol": name, "n": n, "images": len(next(iter(rows.values()))), "simulated": simulated,
-             "mean_samples": {}, "median_samples": {}, "certified_accuracy": {f"{r:g}": {} for r in radii},
+    images = len(next(iter(rows.values()))) // replicates
+    entry = {"protocol": name, "n": n, "images": images, "simulated": simulated, "mean_samples": {},
+             "median_samples": {}, "certified_accuracy": {f"{r:g}": {} for r in radii},
              "ci95": {f"{r:g}": {} for r in radii}}
+    if simulated:
+        entry["replicates"] = replicates
     for method, values in rows.items():
         correct, radius, samples = (np.array(v) for v in zip(*values, strict=True))
-        acc = certified_accuracy(correct.astype(bool), radius, radii)
+        acc = np.mean([certified_accuracy(c.astype(bool), r, radii)["certified_accuracy"]
+                       for c, r in zip(correct.reshape(replicates, -1), radius.reshape(replicates, -1), strict=True)],
+                      axis=0)
         entry["mean_samples"][method] = float(samples.mean())
         entry["median_samples"][method] = float(np.median(samples))
-        for r, a, ci in zip(radii, acc["certified_accuracy"], acc["confidence_intervals"], strict=True):
-            entry["certified_accuracy"][f"{r:g}"][method] = a
-            entry["ci95"][f"{r:g}"][method] = list(ci)
-    entry["fewer_samples"] = entry["mean_samples"]["cohen"] / entry["mean_samples"]["sequential"]
-    entry["loss_points"] = {r: 100 * (v["cohen"] - v["sequential"]) for r, v in entry["certified_accuracy"].items()}
+        for r, a in zip(radii, acc, strict=True):
+            k = round(a * images)
+            entry["certified_accuracy"][f"{r:g}"][method] = float(a)
+            entry["ci95"][f"{r:g}"][method] = [float(beta.ppf(0.025, k, images - k + 1)) if k else 0.0,
+                                               float(beta.ppf(0.975, k + 1, images - k)) if k < images else 1.0]
+    entry["fewer_samples"] = {m: entry["mean_samples"]["cohen"] / v for m, v in entry["mean_samples"].items()
+                              if m != "cohen"}
+    entry["loss_points"] = {m: {r: 100 * (v["cohen"] - v[m]) for r, v in entry["certified_accuracy"].items()}
+                            for m in rows if m != "cohen"}
+    entry["mean_loss_points"] = {m: float(np.mean(list(v.values()))) for m, v in entry["loss_points"].items()}
     if wall:
         entry["wall_seconds"] = wall
-        entry["wall_seconds_per_image"] = {m: w / entry["images"] for m, w in wall.items()}
+        entry["wall_seconds_per_image"] = {m: w / images for m, w in wall.items()}
     return entry
 
 
@@ -155,11 +201,14 @@ def certificate(prediction, radius, label):
 
 
 def report(args) -> None:
+    from dmae_hf import sequential
+
     entries, plots = [], []
-    for path in sorted((args.out / "logs").glob("n*-cohen.jsonl")):
+    for path in sorted((args.out / "logs").glob("n*-cohen.jsonl"), key=lambda q: int(q.name[1:].split("-")[0])):
         n = int(path.name[1:].split("-")[0])
         logs = {m: read_log(log_path(args.out, n, m)) for m in METHODS}
-        common = sorted(set(logs["cohen"]) & set(logs["sequential"]))
+        common = sorted(i for i in set(logs["cohen"]) & set(logs["sequential"])
+                        if args.first <= i < args.first + args.images)
         if not common:
             continue
         rows = {m: [(*certificate(logs[m][i]["prediction"], logs[m][i]["radius"], logs[m][i]["label"]),
@@ -169,37 +218,49 @@ def report(args) -> None:
         plots.append((f"real, n = {n}", [logs["cohen"][i]["radius"] for i in common],
                       [logs["sequential"][i]["num_samples"] for i in common], n + logs["cohen"][common[0]]["n0"]))
     source = read_log(log_path(args.out, args.source_n, "cohen"))
+    source = {i: row for i, row in source.items() if args.first <= i < args.first + args.images}
     for n in args.simulate if source else []:
         rng = np.random.default_rng(args.seed)
-        rows, cohen_radius, samples = {m: [] for m in METHODS}, [], []
-        for i in sorted(source):
-            row = source[i]
-            probs = vote_probabilities(row["counts"], args.source_n)
-            cA, seq, coh = simulate(probs, n, rng, row["n0"], row["alpha"], row["sigma"], args.radii, args.first_look)
-            for method, (drawn, lower) in zip(METHODS, (coh, seq), strict=True):
-                radius = row["sigma"] * float(_ppf(lower)) if lower >= 0.5 else 0.0
-                rows[method].append((*certificate(cA if lower >= 0.5 else None, radius, row["label"]), drawn))
-            cohen_radius.append(row["sigma"] * float(_ppf(coh[1])) if coh[1] >= 0.5 else 0.0)
-            samples.append(seq[0])
-        entries.append(summarise(f"simulated, n = {n} (from the n = {args.source_n} Cohen counts)", n, True, rows,
-                                 args.radii))
-        plots.append((f"simulated, n = {n}", cohen_radius, samples, n + source[min(source)]["n0"]))
+        first = source[min(source)]
+        cap = sequential.Rule(n, first["alpha"], first["sigma"], args.first_look, args.radii, reach=args.reach).horizon
+        rows, cohen_radius, samples = {}, [], []
+        for replicate in range(args.replicates):
+            for i in sorted(source):
+                row = source[i]
+                probs = vote_probabilities(row["counts"], args.source_n)
+                cA, out = simulate(probs, n, rng, row["n0"], row["alpha"], row["sigma"], args.radii, args.first_look,
+                                   args.reach, cap)
+                for method, (drawn, lower) in out.items():
+                    radius = row["sigma"] * float(_ppf(lower)) if lower >= 0.5 else 0.0
+                    rows.setdefault(method, []).append((*certificate(cA if lower >= 0.5 else None, radius,
+                                                                     row["label"]), drawn))
+                if replicate == 0:
+                    cohen_radius.append(row["sigma"] * float(_ppf(out["cohen"][1])) if out["cohen"][1] >= 0.5 else 0)
+                    samples.append(out["sequential"][0])
+        rows = {"cohen": rows.pop("cohen"), **rows}
+        entries.append(summarise(f"simulated, n = {n} (from the n = {args.source_n} Cohen counts of images "
+                                 f"{min(source)}-{max(source)})", n, True, rows, args.radii,
+                                 replicates=args.replicates))
+        plots.append((f"simulated, n = {n}", cohen_radius, samples, n + first["n0"]))
     if not entries:
         sys.exit(f"No logs in {args.out / 'logs'}: run the `real` command first.")
-    (args.out / "results.json").write_text(json.dumps(entries, indent=1) + "\n")
-    plot(plots, args.out / "samples_vs_radius.png")
+    (args.out / args.results).write_text(json.dumps(entries, indent=1) + "\n")
+    if args.plot:
+        plot(plots, args.out / "samples_vs_radius.png")
     for e in entries:
-        print(f"\n{e['protocol']}: {e['images']} images, mean samples cohen {e['mean_samples']['cohen']:.0f}, "
-              f"sequential {e['mean_samples']['sequential']:.0f} ({e['fewer_samples']:.1f}x fewer), median "
-              f"{e['median_samples']['sequential']:.0f}" + (f"; wall s {e['wall_seconds']}" if "wall_seconds" in e
-                                                           else ""))
+        print(f"\n{e['protocol']}: {e['images']} images" + (f" x {e['replicates']} replicates" if e["simulated"]
+                                                             else "") +
+              (f"; wall s {', '.join(f'{m} {w:.0f}' for m, w in e['wall_seconds'].items())}" if "wall_seconds" in e
+               else ""))
+        for m, mean in e["mean_samples"].items():
+            fewer = f" ({e['fewer_samples'][m]:.1f}x fewer)" if m != "cohen" else ""
+            loss = (" loss " + " / ".join(f"{v:+.2f}" for v in e["loss_points"][m].values()) +
+                    f" points (mean {e['mean_loss_points'][m]:.2f})") if m != "cohen" else ""
+            print(f"  {m:>16}: mean samples {mean:9.0f}{fewer}, median {e['median_samples'][m]:.0f};{loss}")
         for r, acc in e["certified_accuracy"].items():
-            lo_c, hi_c = e["ci95"][r]["cohen"]
-            lo_s, hi_s = e["ci95"][r]["sequential"]
-            print(f"  r = {r}: cohen {100 * acc['cohen']:.1f} [{100 * lo_c:.1f}, {100 * hi_c:.1f}], sequential "
-                  f"{100 * acc['sequential']:.1f} [{100 * lo_s:.1f}, {100 * hi_s:.1f}], loss "
-                  f"{e['loss_points'][r]:+.1f} points")
-    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'samples_vs_radius.png'}")
+            print(f"  r = {r}: " + ", ".join(f"{m} {100 * a:.1f} [{100 * e['ci95'][r][m][0]:.1f}, "
+                                             f"{100 * e['ci95'][r][m][1]:.1f}]" for m, a in acc.items()))
+    print(f"\nwrote {args.out / args.results}" + (f" and {args.out / 'samples_vs_radius.png'}" if args.plot else ""))
 
 
 def _ppf(p):
@@ -227,22 +288,29 @@ def plot(panels, path: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("command", choices=["real", "report"])
+    parser.add_argument("command", choices=["real", "report"], help="real: certify and log; report: results.json")
     parser.add_argument("--dataset", default="uoft-cs/cifar10", help="Hub id or local copy in the Hub layout")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--images", type=int, default=500, help="the first K images of the split")
+    parser.add_argument("--split", default="test", help="the split to certify")
+    parser.add_argument("--first", type=int, default=0, help="the first image index (real runs and report)")
+    parser.add_argument("--images", type=int, default=500, help="how many images from --first (real runs and report)")
     parser.add_argument("--n", type=int, default=10_000, help="real runs: the budget n of both methods")
-    parser.add_argument("--n0", type=int, default=100)
-    parser.add_argument("--alpha", type=float, default=0.001)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
+    parser.add_argument("--n0", type=int, default=100, help="real runs: selection samples")
+    parser.add_argument("--alpha", type=float, default=0.001, help="real runs: failure probability")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (real) and simulation seed (report)")
+    parser.add_argument("--batch-size", type=int, default=1000, help="real runs: noisy samples per forward pass")
+    parser.add_argument("--device", default=None, help="real runs: torch device (None: cuda if available, else cpu)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="real runs: methods")
+    parser.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75],
+                        help="the grid: the sequential method's targets and the reported radii")
     parser.add_argument("--simulate", type=int, nargs="*", default=[100_000], help="report: simulated budgets")
+    parser.add_argument("--replicates", type=int, default=20, help="report: simulated runs of each image")
     parser.add_argument("--source-n", type=int, default=10_000, help="report: the real Cohen log to simulate from")
     parser.add_argument("--first-look", type=int, default=100, help="the sequential method's first look")
-    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--reach", type=float, default=REACH, help="the sequential method's reach")
+    parser.add_argument("--results", default="results.json", help="report: the file written in --out")
+    parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
+                        help="report: write samples_vs_radius.png")
+    parser.add_argument("--out", type=Path, default=HERE, help="the folder of logs/ and the results")
     args = parser.parse_args(argv)
     run_real(args) if args.command == "real" else report(args)
 
