@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import beta
+from tqdm.auto import tqdm
 
 from dmae_hf.defaults import REACH
 
@@ -203,7 +204,13 @@ def certificate(prediction, radius, label):
 def report(args) -> None:
     from dmae_hf import sequential
 
-    entries, plots = [], []
+    def subsets(images):
+        """The images of a protocol, then its held-out part (index >= --held-out-from) when it is a proper subset."""
+        held_out = [i for i in images if i >= args.held_out_from]
+        return [(images, "")] + ([(held_out, f", held-out images {held_out[0]}-{held_out[-1]}")]
+                                 if held_out and len(held_out) < len(images) else [])
+
+    entries, plots, real_images = [], [], {}
     for path in sorted((args.out / "logs").glob("n*-cohen.jsonl"), key=lambda q: int(q.name[1:].split("-")[0])):
         n = int(path.name[1:].split("-")[0])
         logs = {m: read_log(log_path(args.out, n, m)) for m in METHODS}
@@ -211,37 +218,42 @@ def report(args) -> None:
                         if args.first <= i < args.first + args.images)
         if not common:
             continue
-        rows = {m: [(*certificate(logs[m][i]["prediction"], logs[m][i]["radius"], logs[m][i]["label"]),
-                     logs[m][i]["num_samples"]) for i in common] for m in METHODS}
-        wall = {m: sum(logs[m][i]["seconds"] for i in common) for m in METHODS}
-        entries.append(summarise(f"real, n = {n}", n, False, rows, args.radii, wall))
+        real_images[n] = common
+        for images, name in subsets(common):
+            rows = {m: [(*certificate(logs[m][i]["prediction"], logs[m][i]["radius"], logs[m][i]["label"]),
+                         logs[m][i]["num_samples"]) for i in images] for m in METHODS}
+            wall = {m: sum(logs[m][i]["seconds"] for i in images) for m in METHODS}
+            entries.append(summarise(f"real, n = {n}, images {images[0]}-{images[-1]}{name}", n, False, rows,
+                                     args.radii, wall))
         plots.append((f"real, n = {n}", [logs["cohen"][i]["radius"] for i in common],
                       [logs["sequential"][i]["num_samples"] for i in common], n + logs["cohen"][common[0]]["n0"]))
     source = read_log(log_path(args.out, args.source_n, "cohen"))
-    source = {i: row for i, row in source.items() if args.first <= i < args.first + args.images}
+    source = {i: row for i, row in sorted(source.items()) if args.first <= i < args.first + args.images}
     for n in args.simulate if source else []:
         rng = np.random.default_rng(args.seed)
         first = source[min(source)]
         cap = sequential.Rule(n, first["alpha"], first["sigma"], args.first_look, args.radii, reach=args.reach).horizon
-        rows, cohen_radius, samples = {}, [], []
-        for replicate in range(args.replicates):
-            for i in sorted(source):
-                row = source[i]
+        runs = {}  # method -> image -> [(correct, radius, samples) per replicate]
+        for _ in tqdm(range(args.replicates), desc=f"simulated n = {n:,}", unit="replicate"):
+            for i, row in source.items():
                 probs = vote_probabilities(row["counts"], args.source_n)
                 cA, out = simulate(probs, n, rng, row["n0"], row["alpha"], row["sigma"], args.radii, args.first_look,
                                    args.reach, cap)
                 for method, (drawn, lower) in out.items():
                     radius = row["sigma"] * float(_ppf(lower)) if lower >= 0.5 else 0.0
-                    rows.setdefault(method, []).append((*certificate(cA if lower >= 0.5 else None, radius,
-                                                                     row["label"]), drawn))
-                if replicate == 0:
-                    cohen_radius.append(row["sigma"] * float(_ppf(out["cohen"][1])) if out["cohen"][1] >= 0.5 else 0)
-                    samples.append(out["sequential"][0])
-        rows = {"cohen": rows.pop("cohen"), **rows}
-        entries.append(summarise(f"simulated, n = {n} (from the n = {args.source_n} Cohen counts of images "
-                                 f"{min(source)}-{max(source)})", n, True, rows, args.radii,
-                                 replicates=args.replicates))
-        plots.append((f"simulated, n = {n}", cohen_radius, samples, n + first["n0"]))
+                    runs.setdefault(method, {}).setdefault(i, []).append(
+                        (*certificate(cA if lower >= 0.5 else None, radius, row["label"]), drawn))
+        runs = {"cohen": runs.pop("cohen"), **runs}
+        also = [(real_images[n], f", the images of the real n = {n} run")] if n in real_images else []
+        for images, name in subsets(list(source)) + also:
+            rows = {m: [per_image[i][k] for k in range(args.replicates) for i in images]
+                    for m, per_image in runs.items()}
+            entries.append(summarise(f"simulated, n = {n}, images {images[0]}-{images[-1]}{name} (from the n = "
+                                     f"{args.source_n} Cohen counts)", n, True, rows, args.radii,
+                                     replicates=args.replicates))
+        plots.append((f"simulated, n = {n}", [runs["cohen"][i][0][1] for i in source],
+                      [runs["sequential"][i][0][2] for i in source],
+                      n + first["n0"]))
     if not entries:
         sys.exit(f"No logs in {args.out / 'logs'}: run the `real` command first.")
     (args.out / args.results).write_text(json.dumps(entries, indent=1) + "\n")
@@ -310,6 +322,8 @@ def main(argv=None) -> None:
     parser.add_argument("--results", default="results.json", help="report: the file written in --out")
     parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
                         help="report: write samples_vs_radius.png")
+    parser.add_argument("--held-out-from", type=int, default=100,
+                        help="report: also summarise the images from this index on (those not used to choose reach)")
     parser.add_argument("--out", type=Path, default=HERE, help="the folder of logs/ and the results")
     args = parser.parse_args(argv)
     run_real(args) if args.command == "real" else report(args)
