@@ -43,11 +43,11 @@ def test_certify_image_gives_the_certificate_the_page_shows(tmp_path):
     result = certify_image(path)
     names = list(result.counts)
     assert len(names) == 10 and names[3] == "cat"
-    assert result.method == "adaptive" and result.target_radius == (0.25, 0.5) and result.sigma == 0.25
+    assert result.method == "sequential" and result.target_radius == (0.25, 0.5) and result.sigma == 0.25
     assert result.model_sigma == 0.25 and not result.sigma_override and result.denoiser is None
     assert result.resolution == (32, 32) and result.clean.shape == result.perturbed.shape == (32, 32, 3)
     assert (result.clean == np.asarray(image.convert("RGB"))).all()  # 32x32 already: the pixels as uploaded
-    # the adaptive method stopped early (that is what makes the page fast), and the votes are the estimation votes
+    # the sequential method stopped early (that is what makes the page fast); the votes are the estimation votes
     assert result.num_samples < result.n0 + result.n
     assert sum(result.counts.values()) == result.num_samples - result.n0
     summary = result.summary()

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from .. import defaults
 from .server import ServerSettings
 
-# The adaptive method stops as soon as the largest target radius is certified or the next one is out of reach, so
-# the embedded model answers after 600-1,100 noisy samples (seconds on a CPU). n = DEMO_N caps the radius at about
-# 2.4 sigma (0.6 at sigma = 0.25), above the largest target.
+# The sequential method (the page's default) stops as soon as the largest target radius is certified or the next one
+# is out of reach, so the embedded model answers after a few hundred to a few thousand noisy samples (seconds on a
+# CPU). n = DEMO_N caps the radius at about 2.4 sigma (0.6 at sigma = 0.25), above the largest target.
 TARGET_RADII = (0.25, 0.5)
-FIRST_LOOK = 250
+FIRST_LOOK = None  # each method's own first look (sequential 100, adaptive 1000)
 NUM_NOISY = 6  # noisy images shown
 # Pixels per forward batch: 250 samples at 32x32 (as fast as 1,000 on a CPU), 5 at 224x224, so that a stop or the
 # time limit takes effect within a second or two. Certificates do not depend on the batch size.
@@ -77,8 +77,9 @@ _WATCH = contextvars.ContextVar("dmae_web_watch", default=None)
 
 
 class _Watch:
-    """What the forward hook does for one request: keep the first noisy images with f's votes, report progress,
-    and raise `RequestStopped` past `deadline` (`time.monotonic()`) or once `stop` (a `threading.Event`) is set."""
+    """One request's watch: its forward hook keeps the first noisy images with f's votes; `update`, certify's
+    progress callback (after every forward batch), reports progress and raises `RequestStopped` past `deadline`
+    (`time.monotonic()`) or once `stop` (a `threading.Event`) is set, which aborts `certify` at once."""
 
     def __init__(self, max_seconds, total, stop=None, progress=None, num_noisy=NUM_NOISY):
         self.max_seconds, self.total, self.stop, self.progress = max_seconds, total, stop, progress
@@ -91,15 +92,17 @@ class _Watch:
         if len(self.noisy) < self.num_noisy:
             k = self.num_noisy - len(self.noisy)
             self.noisy.extend(zip(batch[:k].detach().cpu(), logits[:k].argmax(dim=1).tolist(), strict=True))
-        self.drawn += batch.shape[0]
+
+    def update(self, done, total):
+        self.drawn = done
         if self.stop is not None and self.stop.is_set():
             raise RequestStopped("Cancelled: the certification was stopped.")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise RequestStopped(f"Stopped after {self.max_seconds:g} s, this server's time limit per request, with "
                                  f"{self.drawn:,} of up to {self.total:,} noisy samples drawn: lower n, or use the "
-                                 "adaptive method, which stops once the radius is settled.")
+                                 "sequential method, which stops once the target radii are settled.")
         if self.progress is not None:
-            self.progress(min(1.0, self.drawn / self.total), desc="noisy samples")
+            self.progress(min(1.0, done / total), desc="noisy samples")
 
 
 def _watch_hook(module, inputs, output):
@@ -259,7 +262,7 @@ def to_uint8(pixel_values):
 
 def certify_image(image, model: str = defaults.EMBEDDED_MODEL, denoiser: str | None = None, sigma=None,
                   override_sigma: bool = False, n0: int = defaults.N0, n: int = defaults.DEMO_N,
-                  alpha: float = defaults.ALPHA, method: str = "adaptive", target_radius=TARGET_RADII,
+                  alpha: float = defaults.ALPHA, method: str = "sequential", target_radius=TARGET_RADII,
                   first_look: int | None = FIRST_LOOK, radius_tolerance: float | None = None,
                   seed: int = defaults.SEED, num_noisy: int = NUM_NOISY,
                   settings: ServerSettings | None = None, stop=None, progress=None) -> DemoResult:
@@ -305,7 +308,7 @@ def certify_image(image, model: str = defaults.EMBEDDED_MODEL, denoiser: str | N
     token = _WATCH.set(watch)
     try:
         watch.start()
-        cert = g.certify(x, n0=n0, n=n, alpha=alpha, seed=seed, method=method, progress=False,
+        cert = g.certify(x, n0=n0, n=n, alpha=alpha, seed=seed, method=method, progress=watch.update,
                          batch_size=max(1, min(defaults.NOISE_BATCH, BATCH_PIXELS // (h * w))), **options)
     finally:
         _WATCH.reset(token)

@@ -159,7 +159,7 @@ def build_app(settings: ServerSettings | None = None):
                 n_box = gr.Number(value=defaults.DEMO_N, precision=0, elem_id="n",
                                   label=f"n (estimation samples; n0 = {defaults.N0} + n <= {limits.max_samples:,})")
                 alpha_box = gr.Number(value=defaults.ALPHA, label="alpha (failure probability)", elem_id="alpha")
-                method_box = gr.Radio(list(defaults.METHODS), value="adaptive", elem_id="method",
+                method_box = gr.Radio(list(defaults.METHODS), value="sequential", elem_id="method",
                                       label=f"method ({' and '.join(m for m, o in defaults.METHODS.items() if o)}: "
                                             f"stop once radius {' / '.join(map(str, TARGET_RADII))} is certified or "
                                             "out of reach)")
