@@ -48,6 +48,6 @@ def test_votes_on_the_shared_stream_are_consistent():
         run._votes_at(t, votes, rng, 0.9)
     known = sorted(set(votes))
     assert [t for t, _ in known] == [100, 300, 2_500, 5_000, 40_000, 100_000]
-    for (t0, s0), (t1, s1) in zip(known, known[1:]):
+    for (t0, s0), (t1, s1) in zip(known[:-1], known[1:], strict=True):
         assert 0 <= s1 - s0 <= t1 - t0
     assert abs(known[-1][1] / 100_000 - 0.9) < 0.01
