@@ -207,7 +207,7 @@ def report(args) -> None:
     def subsets(images):
         """The images of a protocol, then its held-out part (index >= --held-out-from) when it is a proper subset."""
         held_out = [i for i in images if i >= args.held_out_from]
-        return [(images, "")] + ([(held_out, f", held-out images {held_out[0]}-{held_out[-1]}")]
+        return [(images, "")] + ([(held_out, ", held out (not used to choose reach)")]
                                  if held_out and len(held_out) < len(images) else [])
 
     entries, plots, real_images = [], [], {}
