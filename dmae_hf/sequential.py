@@ -132,6 +132,7 @@ class Rule:
 
     def __init__(self, n, alpha, sigma, first_look=100, targets=None, radius_tolerance=0.01, reach=REACH):
         self.n, self.alpha, self.sigma, self.first_look = n, alpha, sigma, first_look
+        self.first = min(first_look, n)  # the first look
         self.radius_tolerance = radius_tolerance
         self.targets = None if targets is None else [float(norm.cdf(r / sigma)) for r in targets]  # pA thresholds
         # the horizon within which a target must be reachable: min(n, max(reach n, 2 m)), m = the fewest samples
@@ -151,22 +152,20 @@ class Rule:
 
     def decide(self, s: int, t: int):
         lower = lower_bound(s, t, self.alpha)
-        if t >= self.n or self.stops(s, t, lower):
+        missing = [p for p in self.targets or [] if lower < p]  # the thresholds of the targets L_t does not certify
+        if t >= self.n or self.stops(s, t, lower, missing):
             return lower, None
         look = min(self.n, t + max(self.first_look, math.ceil(t / 20)))
-        missing = [p for p in self.targets or [] if lower < p]
         if missing:  # look as soon as the next target could be certified, if that is before the scheduled look
             look = min(look, self.earliest(s, t, missing[0], look) or look)
         return None, look
 
-    def stops(self, s: int, t: int, lower: float) -> bool:
+    def stops(self, s: int, t: int, lower: float, missing: list[float]) -> bool:
         upper = 1.0 if s == t else float(beta.isf(REACH_LEVEL, s + 1, t - s))  # Clopper-Pearson upper bound
-
         h = self.horizon
         if self.targets is None:
             best = lower_bound(s + upper * (h - t), h, self.alpha)  # the bound at h if pA were `upper`
             return best < 0.5 or _radius(best, self.sigma) - _radius(lower, self.sigma) <= self.radius_tolerance
-        missing = [p for p in self.targets if lower < p]  # the thresholds of the targets L_t does not certify yet
         return not missing or h <= t or not excludes(missing[0], s + upper * (h - t), h, self.alpha)
 
 
@@ -178,4 +177,4 @@ def estimate(sampler, streams, guesses, n, alpha, sigma, first_look, targets, ra
     """Draw the estimation samples of all images look by look (the images still going share forward passes, one
     host sync per round of looks) until each stops; return (counts, samples drawn, L_tau) per image."""
     rule = Rule(n, alpha, sigma, first_look, targets, radius_tolerance, reach)
-    return sampler.run_looks(streams, guesses, min(first_look, n), rule.decide)
+    return sampler.run_looks(streams, guesses, rule.first, rule.decide)

@@ -257,6 +257,13 @@ def _adaptive(sampler, streams, guesses, n, alpha, sigma, looks, targets, radius
           (default None = off; a heuristic, still valid).
     The price is alpha / K instead of alpha at the full budget, i.e. a slightly smaller maximal radius.
     Returns (counts, samples drawn, pA_lower) per image."""
+    return sampler.run_looks(streams, guesses, *adaptive_rule(n, alpha, sigma, looks, targets, radius_tolerance,
+                                                             estimate_tolerance))
+
+
+def adaptive_rule(n, alpha, sigma, looks, targets, radius_tolerance, estimate_tolerance):
+    """method="adaptive"'s looks and stops (see `_adaptive`): (the first look, decide), where decide(nA, look)
+    returns (pA_lower, None) to stop or (None, the next look)."""
     level = alpha / len(looks)
 
     def decide(nA, look):
@@ -264,7 +271,7 @@ def _adaptive(sampler, streams, guesses, n, alpha, sigma, looks, targets, radius
             return clopper_pearson_lower(nA, look, level), None
         return None, looks[looks.index(look) + 1]
 
-    return sampler.run_looks(streams, guesses, looks[0], decide)
+    return looks[0], decide
 
 
 def _certifies(lower: float, sigma: float, radius: float) -> bool:

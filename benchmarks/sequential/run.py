@@ -17,9 +17,10 @@ estimation counts of its log line). The top class c gets p_c = (n_c + 1/2) / (n 
 a binomial proportion: near pA = 1 an image with all n votes for c gets pA = 1 - 1 / (2 (n + 1)), half a missing vote
 in n, rather than 1 (which would make every all-vote image free to certify at any n). The other classes share 1 - p_c
 in proportion to their counts (evenly if they have none). Selection draws n0 votes from these probabilities; the
-estimation samples are Bernoulli(p_cA). Cohen and the sequential method share them (common random numbers): Cohen's
-nA is the sequential run's votes plus Binomial(n - tau, p_cA) for the samples it did not draw, so the comparison is
-paired. The sequential run calls `dmae_hf.sequential`'s own `look_schedule`, `stops` and `lower_bound`.
+estimation samples are Bernoulli(p_cA). All methods read one such stream per image (common random numbers): counts
+past the last known point are drawn forward, counts between two known points from their hypergeometric split, so
+the comparison is paired. The sequential and adaptive runs call the library's own rules (`sequential.Rule`,
+`smoothing.adaptive_rule`), built from `certify`'s own option parsers.
 """
 
 from __future__ import annotations
@@ -114,30 +115,21 @@ def vote_probabilities(counts, n: int) -> np.ndarray:
     return probs
 
 
-def simulate(probs, n, rng, n0, alpha, sigma, targets, first_look, reach, cap):
-    """One paired simulated run: (cA, {method: (samples, pA_lower)}) for the sequential method (its own `Rule`, so the
-    same looks and stops as `certify`), `adaptive` (its own look schedule and `_stops`), Cohen at n and Cohen at
-    `cap` samples (the sequential method's horizon: what a plain smaller budget would give)."""
-    from dmae_hf import sequential, smoothing
+def simulate(probs, rng, n0, n, alpha, rules, cap):
+    """One paired simulated run: (cA, {method: (samples, pA_lower)}) for each method of `rules` ({method: (first look,
+    decide)}, the library's own looks and stops, as `certify` runs them), Cohen at `cap` samples (the sequential
+    method's horizon: what a plain smaller budget would give) and Cohen at n."""
     from dmae_hf.smoothing import clopper_pearson_lower
 
     cA = int(np.argmax(rng.multinomial(n0, probs)))  # the first maximal class on ties, as `certify`
     p = float(probs[cA])
     votes = []  # known points (samples, votes for cA) of one Bernoulli(pA) stream shared by all methods
-    rule = sequential.Rule(n, alpha, sigma, first_look, targets, reach=reach)
-    out, look = {}, min(first_look, n)
-    while look is not None:
-        t, s = look, _votes_at(look, votes, rng, p)
-        lower, look = rule.decide(s, t)
-    out["sequential"] = (n0 + t, lower)
-    # adaptive: its doubling looks, on the same stream
-    looks = smoothing.look_schedule(n, 1000)
-    level = alpha / len(looks)
-    for t in looks:
-        s = _votes_at(t, votes, rng, p)
-        if smoothing._stops(s, t, n, level, sigma, targets, 0.0, None):
-            break
-    out["adaptive"] = (n0 + t, clopper_pearson_lower(s, t, level))
+    out = {}
+    for method, (look, decide) in rules.items():
+        while look is not None:  # as `Sampler.run_looks` does for one image
+            t = look
+            lower, look = decide(_votes_at(t, votes, rng, p), t)
+        out[method] = (n0 + t, lower)
     if cap < n:
         out[f"cohen at {cap:,}"] = (n0 + cap, clopper_pearson_lower(_votes_at(cap, votes, rng, p), cap, alpha))
     out["cohen"] = (n0 + n, clopper_pearson_lower(_votes_at(n, votes, rng, p), n, alpha))
@@ -202,7 +194,7 @@ def certificate(prediction, radius, label):
 
 
 def report(args) -> None:
-    from dmae_hf import sequential
+    from dmae_hf import sequential, smoothing
 
     def subsets(images):
         """The images of a protocol, then its held-out part (index >= --held-out-from) when it is a proper subset."""
@@ -232,13 +224,17 @@ def report(args) -> None:
     for n in args.simulate if source else []:
         rng = np.random.default_rng(args.seed)
         first = source[min(source)]
-        cap = sequential.Rule(n, first["alpha"], first["sigma"], args.first_look, args.radii, reach=args.reach).horizon
+        alpha, sigma = first["alpha"], first["sigma"]
+        rule = sequential.Rule(n, alpha, sigma, **sequential.options(
+            n, sigma, first_look=args.first_look, target_radius=args.radii, reach=args.reach))
+        adaptive = smoothing.adaptive_rule(n, alpha, sigma, **smoothing.OPTION_PARSERS["adaptive"](
+            n, sigma, target_radius=args.radii))
+        rules = {"sequential": (rule.first, rule.decide), "adaptive": adaptive}
         runs = {}  # method -> image -> [(correct, radius, samples) per replicate]
         for _ in tqdm(range(args.replicates), desc=f"simulated n = {n:,}", unit="replicate"):
             for i, row in source.items():
                 probs = vote_probabilities(row["counts"], args.source_n)
-                cA, out = simulate(probs, n, rng, row["n0"], row["alpha"], row["sigma"], args.radii, args.first_look,
-                                   args.reach, cap)
+                cA, out = simulate(probs, rng, row["n0"], n, alpha, rules, rule.horizon)
                 for method, (drawn, lower) in out.items():
                     radius = row["sigma"] * float(_ppf(lower)) if lower >= 0.5 else 0.0
                     runs.setdefault(method, {}).setdefault(i, []).append(
